@@ -1,0 +1,81 @@
+"The book's structure: nbdev 3 configuration, sidebar <-> notebooks, README from the index, top-level names."
+import importlib
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import book  # noqa: E402
+
+
+def test_nbdev3_config():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbdev"]
+    assert not (ROOT / "settings.ini").exists(), "nbdev 3 stops on a settings.ini"
+    assert "tags" in cfg["allowed_cell_metadata_keys"], "nbdev-clean would strip papermill's parameters tag"
+    assert (ROOT / "nbs" / "_quarto.yml").exists()
+
+
+def test_sidebar_lists_every_notebook_once():
+    listed = book.book_notebooks()
+    on_disk = sorted(p.name for p in (ROOT / "nbs").glob("*.ipynb"))
+    assert sorted(listed) == on_disk, f"sidebar {sorted(listed)} != notebooks {on_disk}"
+    assert len(set(listed)) == len(listed)
+    assert listed[0] == "index.ipynb"
+
+
+def test_notebooks_are_numbered_and_export_one_module_each():
+    for nb in (ROOT / "nbs").glob("*.ipynb"):
+        if nb.name == "index.ipynb": continue
+        assert nb.name[:2].isdigit() and nb.name[2] == "_", f"{nb.name}: chapters are named NN_topic.ipynb"
+        cells = json.loads(nb.read_text())["cells"]
+        exps = [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+                if line.replace(" ", "").startswith("#|default_exp")]
+        assert len(exps) <= 1, f"{nb.name} sets default_exp {len(exps)} times"
+
+
+def test_parameters_cells_keep_their_tag_through_clean(tmp_path):
+    from nbdev.clean import clean_nb
+    nb = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"], "scrolled": True},
+                     "source": "profile = 'smoke'", "outputs": [], "execution_count": 3, "id": "x"}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    clean_nb(nb, allowed_cell_metadata_keys=["tags"])
+    assert nb["cells"][0]["metadata"] == {"tags": ["parameters"]}
+
+
+def test_readme_is_written_from_index():
+    assert (ROOT / "README.md").read_text() == book.readme_text(), "run `python tools/book.py readme`"
+    head = (ROOT / "README.md").read_text().split("## ")[0]
+    assert "make demo" in head and "make test" in head, "README must open with the two commands"
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_public_name_is_importable_from_top_level():
+    import medgen
+    from medgen._modidx import d
+    n = 0
+    for mod, syms in d["syms"].items():
+        if mod.rsplit(".", 1)[-1].startswith("_"): continue
+        m = importlib.import_module(mod)
+        for name in getattr(m, "__all__", []):
+            if name.startswith("_") or not isinstance(getattr(m, name), type): continue
+            assert getattr(medgen, name) is getattr(m, name), f"medgen.{name} is not {mod}.{name}"
+            n += 1
+    assert n >= 1
+
+
+def test_import_medgen_is_lazy():
+    code = "import sys, medgen; print('monai' in sys.modules, 'medgen.data' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"], "import medgen should not import the chapters (or MONAI) eagerly"
+
+
+@pytest.mark.parametrize("name", ["DoesNotExist", "phantoms_typo"])
+def test_unknown_top_level_name(name):
+    import medgen
+    with pytest.raises(AttributeError, match=name):
+        getattr(medgen, name)

@@ -1,0 +1,47 @@
+"The Quarto-free HTML preview of the book: every chapter page exists, shows its figures and no errors."
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import book  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "book.py"), "preview", "--out", str(out / "site"),
+                        "--figures", str(out / "figures")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, json.loads((out / "site" / "book.json").read_text())
+
+
+def _images_in_source(nb: str) -> int:
+    cells = json.loads((ROOT / "nbs" / nb).read_text())["cells"]
+    return sum(1 for c in cells if c["cell_type"] == "code" and not "".join(c["source"]).lstrip().startswith("#| hide")
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+
+
+@pytest.mark.parametrize("nb", book.book_notebooks())
+def test_chapter_page(site, nb):
+    out, rep = site
+    page = out / "site" / Path(nb).with_suffix(".html").name
+    assert page.exists(), f"no page for {nb}"
+    html = page.read_text()
+    assert rep["pages"][nb]["errors"] == 0, f"{nb} has error outputs"
+    assert "Traceback (most recent call last)" not in html
+    n_img = len(re.findall(r"<img [^>]*src=\"data:image/png", html))
+    assert n_img >= _images_in_source(nb), f"{nb}: {n_img} images on the page, {_images_in_source(nb)} in the notebook"
+    assert len(list((out / "figures" / Path(nb).stem).glob("*.png"))) == rep["pages"][nb]["figures"]
+    for other in book.book_notebooks():  # the navigation links every chapter
+        assert Path(other).with_suffix(".html").name in html
+
+
+@pytest.mark.parametrize("nb", [nb for nb in book.book_notebooks() if nb[:2] in {"01", "02"}])
+def test_data_chapters_have_figures(site, nb):
+    assert site[1]["pages"][nb]["figures"] >= 3, f"{nb} should show each kind of data in a figure"
