@@ -58,6 +58,7 @@ def has_parameters(nb_path: Path) -> bool:
 def _execute_one(args: tuple[str, str, str, int]) -> tuple[str, float, str]:
     src, dst, profile, timeout = args
     import papermill as pm
+    os.environ.pop("MPLBACKEND", None)  # the kernel must use its inline backend, or figures are not saved
     t0 = time.time()
     params = {"profile": profile} if has_parameters(Path(src)) else {}
     try:
