@@ -79,3 +79,19 @@ def test_unknown_top_level_name(name):
     import medgen
     with pytest.raises(AttributeError, match=name):
         getattr(medgen, name)
+
+
+_TRAINS_OR_SAMPLES = ("backward(", ".sample(", "fit(", "train_loop(")
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_notebooks_that_train_or_sample_have_a_profile_parameter(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if any(k in code for k in _TRAINS_OR_SAMPLES):
+        assert params, f"{nb.name} trains or samples but has no papermill `parameters` cell"
+    for c in params:
+        src = "".join(c["source"])
+        assert "profile" in src and "smoke" in src, f"{nb.name}: the parameters cell must set profile (smoke/full)"
+        assert cells.index(c) < 8, f"{nb.name}: the parameters cell belongs near the top"
