@@ -95,3 +95,12 @@ def test_notebooks_that_train_or_sample_have_a_profile_parameter(nb):
         src = "".join(c["source"])
         assert "profile" in src and "smoke" in src, f"{nb.name}: the parameters cell must set profile (smoke/full)"
         assert cells.index(c) < 8, f"{nb.name}: the parameters cell belongs near the top"
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_exported_code_is_shown_in_the_book(nb):
+    "The book shows its code: `#| exports` (export and show), not `#| export` (which nbdev hides in the docs)."
+    cells = json.loads(nb.read_text())["cells"]
+    hidden = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
+              and any(line.strip().replace(" ", "") == "#|export" for line in "".join(c["source"]).splitlines())]
+    assert not hidden, f"{nb.name}: cells {hidden} use `#| export`; use `#| exports` so readers see the code"

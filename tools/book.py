@@ -141,16 +141,42 @@ def _figures(nb: dict, dest: Path) -> list[Path]:
 
 
 _CELL_KEYS = {"cell_type", "metadata", "source", "outputs", "execution_count", "id", "attachments"}
+_FM = re.compile(r"\A\s*---\n(.*?)\n---\s*", re.S)
+_QUARTO_ATTR = re.compile(r"\{(?:target|style|\.)[^{}\n]*\}")
+
+
+def _render_front_matter(md: str) -> str:
+    "Quarto front matter (title, description) -> a markdown title and lead, as the site shows it."
+    import yaml
+    m = _FM.match(md)
+    if not m: return md
+    meta = yaml.safe_load(m.group(1)) or {}
+    head = f"# {meta['title']}\n\n" if meta.get("title") else ""
+    if meta.get("description"): head += f"> {meta['description']}\n\n"
+    return head + md[m.end():]
 
 
 def _read_clean(path: Path):
-    "Read a processed notebook, dropping the extra cell keys nbdev adds (nbconvert validates strictly)."
+    "A processed notebook made valid for nbconvert and shown as Quarto would: front matter, echo: false, attributes."
     import nbformat
     d = json.loads(path.read_text())
     for c in d["cells"]:
         for k in set(c) - _CELL_KEYS: del c[k]
         c["metadata"] = {k: v for k, v in c.get("metadata", {}).items() if k in ("tags", "collapsed", "scrolled")}
-        if c["cell_type"] == "markdown": c.pop("outputs", None); c.pop("execution_count", None)
+        src = "".join(c["source"])
+        if c["cell_type"] == "raw" and _FM.match(src): c["cell_type"] = "markdown"  # Quarto front matter
+        if c["cell_type"] == "markdown":
+            c.pop("outputs", None); c.pop("execution_count", None)
+            c["source"] = _QUARTO_ATTR.sub("", _render_front_matter(src))
+            continue
+        lines = src.splitlines()
+        dirs = [ln for ln in lines if ln.startswith("#| ")]
+        if any(ln.replace(" ", "") in ("#|echo:false", "#|output:asis") for ln in dirs):
+            c["metadata"].setdefault("tags", []).append("remove_input")
+        c["source"] = "\n".join(ln for ln in lines if not ln.startswith("#| "))
+        for o in c.get("outputs", []):
+            md = o.get("data", {}).get("text/markdown")
+            if md is not None: o["data"]["text/markdown"] = _QUARTO_ATTR.sub("", "".join(md))
     return nbformat.reads(json.dumps(d), as_version=4)
 
 
@@ -161,7 +187,9 @@ def preview(src: Path = NBS, out: Path = BUILD / "site", figures: Path = BUILD /
     cache = _proc(src)
     shutil.rmtree(out, ignore_errors=True); shutil.rmtree(figures, ignore_errors=True)
     out.mkdir(parents=True)
-    exporter = HTMLExporter(template_name="lab")
+    from traitlets.config import Config
+    cfg = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": ["remove_input"]}})
+    exporter = HTMLExporter(template_name="lab", config=cfg)
     nbs = {nb: _read_clean(cache / nb) for nb in book_notebooks(NBS) if (cache / nb).exists()}
     titles = {nb: _title(d, nb) for nb, d in nbs.items()}
     report = {"site": str(out), "figures": str(figures), "pages": {},
