@@ -104,3 +104,12 @@ def test_exported_code_is_shown_in_the_book(nb):
     hidden = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
               and any(line.strip().replace(" ", "") == "#|export" for line in "".join(c["source"]).splitlines())]
     assert not hidden, f"{nb.name}: cells {hidden} use `#| export`; use `#| exports` so readers see the code"
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_chapters_install_medgen_when_missing(nb):
+    "Opened in Colab or a bare kernel, a chapter's first cells install medgen."
+    if nb.name == "00_core.ipynb": return  # the package's own __init__
+    cells = json.loads(nb.read_text())["cells"][:4]
+    src = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert "except ImportError" in src and "pip" in src and "medgen" in src, f"{nb.name}: no install cell near the top"
