@@ -10,7 +10,7 @@ preview:   ## HTML preview of the notebooks as committed (no execution)
 	.venv/bin/python tools/book.py preview
 readme:    ## README.md from nbs/index.ipynb
 	.venv/bin/python tools/book.py readme
-export:    ## nbdev-export + nbdev-clean + README
-	.venv/bin/nbdev-export && .venv/bin/nbdev-clean && .venv/bin/python tools/book.py readme
+export:    ## nbdev-export + nbdev-clean + README + sidebar
+	.venv/bin/nbdev-export && .venv/bin/nbdev-clean && .venv/bin/python tools/book.py readme && .venv/bin/python tools/book.py sidebar
 clean:
 	rm -rf _build _proc _docs

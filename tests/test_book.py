@@ -28,6 +28,10 @@ def test_sidebar_lists_every_notebook_once():
     assert listed[0] == "index.ipynb"
 
 
+def test_sidebar_is_generated_from_the_notebooks():
+    assert book.sidebar_yaml() in (ROOT / "nbs" / "_quarto.yml").read_text(), "run `python tools/book.py sidebar`"
+
+
 def test_notebooks_are_numbered_and_export_one_module_each():
     for nb in (ROOT / "nbs").glob("*.ipynb"):
         if nb.name == "index.ipynb": continue

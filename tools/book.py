@@ -43,6 +43,30 @@ def book_parts(nbs: Path = NBS) -> list[tuple[str, list[str]]]:
     return parts
 
 
+PARTS = {0: "Foundations", 1: "Part I — Diffusion", 2: "Part II — Compression models",
+         3: "Part III — Autoregressive models", 4: "Part IV — Control and semantic synthesis",
+         5: "Part V — Evaluation", 6: "Part VI — The workshop", 7: "Part VII — The paper's experiments"}
+
+
+def sidebar_yaml(nbs: Path = NBS) -> str:
+    "The sidebar `contents` for `nbs/_quarto.yml`: index, then one section per part (the tens digit of NN_)."
+    chapters = sorted(p.name for p in nbs.glob("[0-9][0-9]_*.ipynb"))
+    out = ["    contents:", "      - index.ipynb"]
+    for part, title in PARTS.items():
+        mine = [c for c in chapters if int(c[0]) == part]
+        if mine: out += [f'      - section: "{title}"', "        contents:"] + [f"          - {c}" for c in mine]
+    return "\n".join(out) + "\n"
+
+
+def write_sidebar(nbs: Path = NBS) -> bool:
+    "Rewrite the sidebar of `nbs/_quarto.yml` from the notebooks on disk; True if it changed."
+    q = nbs / "_quarto.yml"
+    text = q.read_text()
+    new = re.sub(r"    contents:\n(?:      .*\n)+", lambda m: sidebar_yaml(nbs), text, count=1)
+    if new != text: q.write_text(new)
+    return new != text
+
+
 def book_notebooks(nbs: Path = NBS) -> list[str]:
     "Every notebook in the sidebar, in reading order."
     return [nb for _, nbs_ in book_parts(nbs) for nb in nbs_]
@@ -244,10 +268,14 @@ def main(argv=None) -> int:
     pv.add_argument("--src", type=Path, default=NBS)
     pv.add_argument("--out", type=Path, default=BUILD / "site")
     pv.add_argument("--figures", type=Path, default=BUILD / "figures")
+    sub.add_parser("sidebar", help="rewrite the sidebar of nbs/_quarto.yml from the notebooks on disk")
     rd = sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
     rd.add_argument("--check", action="store_true", help="fail if README.md is not up to date")
     a = ap.parse_args(argv)
 
+    if a.cmd == "sidebar":
+        print("nbs/_quarto.yml sidebar " + ("updated" if write_sidebar() else "already up to date"))
+        return 0
     if a.cmd == "readme":
         text = readme_text()
         if a.check:

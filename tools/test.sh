@@ -10,6 +10,7 @@ echo "== export drift: nbs/ must be what medgen/ and README.md are written from"
 $V/nbdev-export
 $V/nbdev-clean
 $V/python tools/book.py readme
+$V/python tools/book.py sidebar >/dev/null
 git diff --exit-code --stat -- medgen nbs README.md || {
   echo "medgen/, nbs/ or README.md changed on export/clean/readme: run nbdev-export, nbdev-clean and"
   echo "python tools/book.py readme, then commit the result"; git diff -- medgen nbs README.md | head -60; exit 1; }
