@@ -97,6 +97,7 @@ def _execute_one(args: tuple[str, str, str, int]) -> tuple[str, float, str]:
 def execute(notebooks: list[Path], out: Path | None, inplace: bool, profile: str, jobs: int, timeout: int) -> int:
     "Run notebooks top to bottom in fresh kernels; write executed copies to `out` (or back in place)."
     if not inplace: out.mkdir(parents=True, exist_ok=True)
+    if jobs > 1: os.environ.setdefault("OMP_NUM_THREADS", "1")  # parallel kernels: one torch thread each
     work = [(str(nb), str(nb if inplace else out / nb.name), profile, timeout) for nb in notebooks]
     failed = 0
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 V=.venv/bin
-export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
+# two pytest workers on two cores: one torch thread each, or they oversubscribe the CPU several-fold
+export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 echo "== export drift: nbs/ must be what medgen/ and README.md are written from"
 $V/nbdev-export
