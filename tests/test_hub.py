@@ -1,0 +1,148 @@
+"""medgen.hub (chapter 61): pretrained directories, safe loading, downloads (no network needed)."""
+import errno
+import hashlib
+import json
+import os
+import pickle
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+import torch.nn as nn
+from monai.networks.nets import DecoderOnlyTransformer, PatchDiscriminator
+
+import medgen.training
+from medgen.hub import (CONFIG_NAME, DownloadError, UnsafeWeightsError, cache_dir, capture_init_args,
+                        download, from_pretrained, init_args, load_weights, save_pretrained)
+from medgen.training import ChecksumError
+
+
+@capture_init_args
+class Net(nn.Module):
+    def __init__(self, widths=(2, 3), scale: float = 1.0, norm: nn.Module | None = None):
+        super().__init__()
+        self.lin = nn.Linear(*widths)
+        self.norm = norm or nn.Identity()
+        self.scale = scale
+
+    def forward(self, x): return self.norm(self.lin(x)) * self.scale
+
+
+def test_monai_networks_rebuild_without_code(tmp_path):
+    torch.manual_seed(0)
+    args = {"num_tokens": 9, "max_seq_len": 6, "attn_layers_dim": 8, "attn_layers_depth": 1, "attn_layers_heads": 2}
+    gpt = DecoderOnlyTransformer(**args).eval()
+    d = PatchDiscriminator(2, channels=4, in_channels=1, num_layers_d=2).eval()
+    save_pretrained(gpt, tmp_path / "gpt", config=args)
+    save_pretrained(d, tmp_path / "d", config={"spatial_dims": 2, "channels": 4, "in_channels": 1, "num_layers_d": 2})
+    tokens, img = torch.randint(0, 9, (2, 6)), torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(tmp_path / "gpt").eval()(tokens), gpt(tokens))
+        assert torch.equal(from_pretrained(tmp_path / "d").eval()(img)[-1], d(img)[-1])   # BatchNorm buffers too
+    cfg = json.loads((tmp_path / "gpt" / CONFIG_NAME).read_text())
+    assert cfg["class"] == "DecoderOnlyTransformer" and cfg["args"]["num_tokens"] == 9
+
+
+def test_recorded_args_nested_module_and_overrides(tmp_path):
+    net = Net((3, 4), scale=2.0, norm=nn.LayerNorm(4, eps=1e-3))
+    assert init_args(net)["widths"] == (3, 4)
+    save_pretrained(net, tmp_path / "net")
+    back = from_pretrained(Net, tmp_path / "net")
+    x = torch.randn(5, 3)
+    with torch.no_grad(): assert torch.equal(back(x), net(x))
+    assert isinstance(back.norm, nn.LayerNorm) and back.norm.eps == 1e-3 and back.scale == 2.0
+    assert from_pretrained(Net, tmp_path / "net", scale=3.0).scale == 3.0
+    with pytest.raises(ValueError, match="refusing to build test_hub.Net"):
+        from_pretrained(tmp_path / "net")                                   # not in the allow-list
+
+
+def test_config_cannot_name_arbitrary_code(tmp_path):
+    save_pretrained(nn.Linear(2, 2, bias=False), tmp_path / "m", config={"in_features": 2, "out_features": 2, "bias": False})
+    cfg = json.loads((tmp_path / "m" / CONFIG_NAME).read_text())
+    for module, name in [("os", "system"), ("subprocess", "Popen"), ("torch", "load"), ("torch.hub", "load"),
+                         ("medgen_evil", "X"), ("torch.nn.functional", "relu")]:
+        (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps({**cfg, "module": module, "class": name}))
+        with pytest.raises(ValueError, match=f"refusing to build {module}.{name}"):
+            from_pretrained(tmp_path / "m")
+    nested = {**cfg, "args": {"x": {"__module__": {"module": "os", "class": "system", "args": {}}}}}
+    (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps(nested))
+    with pytest.raises(ValueError, match="refusing to build os.system"):
+        from_pretrained(tmp_path / "m")
+
+
+class _Exploit:
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin", ".ckpt"])
+def test_malicious_pickle_is_refused(tmp_path, suffix):
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    with open(path, "wb") as f: pickle.dump({"weight": torch.zeros(1), "x": _Exploit(marker)}, f)   # a raw pickle
+    torch.save({"weight": torch.zeros(1), "x": _Exploit(marker)}, tmp_path / f"evil2{suffix}")       # torch's zip
+    for p in (path, tmp_path / f"evil2{suffix}"):
+        with pytest.raises(UnsafeWeightsError, match="refusing to load"):
+            load_weights(p)
+    assert not marker.exists()
+
+
+def test_plain_state_dicts_load(tmp_path):
+    lin = nn.Linear(2, 3)
+    torch.save(lin.state_dict(), tmp_path / "w.pt")
+    torch.save({"model": lin.state_dict(), "epoch": 1, "optimizer": {"lr": 0.1}}, tmp_path / "ckpt.pth")
+    assert torch.equal(load_weights(tmp_path / "w.pt")["weight"], lin.weight.detach())
+    assert torch.equal(load_weights(tmp_path / "ckpt.pth", key="model")["bias"], lin.bias.detach())
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        load_weights(tmp_path / "ckpt.pth")
+
+
+def test_save_pretrained_is_atomic_on_full_disk(tmp_path, monkeypatch):
+    net = Net()
+    save_pretrained(net, tmp_path / "net")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "net").iterdir()}
+
+    def full(*a, **k): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(medgen.training._HashingWriter, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_pretrained(Net((2, 5)), tmp_path / "net")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "net").iterdir()} == before   # untouched, no temp files
+
+
+def test_download_local_file_and_file_url(tmp_path, monkeypatch):
+    src = tmp_path / "src" / "weights.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(b"\x00" * 1000 + b"medgen")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    a = download(src.as_uri(), sha256=digest)
+    assert a == tmp_path / "cache" / "weights.safetensors" and a.read_bytes() == src.read_bytes()
+    b = download(str(src), sha256=digest.upper(), filename="copy.safetensors")
+    assert b.read_bytes() == src.read_bytes()
+    with pytest.raises(ChecksumError, match="the file was not cached"):
+        download(src, sha256="f" * 64, filename="wrong.safetensors")
+    assert not (tmp_path / "cache" / "wrong.safetensors").exists()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_download_offline_names_url_and_destination(tmp_path, monkeypatch):
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args[0])
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    url, digest = "https://models.example.org/medgen/vae.safetensors", "a" * 64
+    with pytest.raises(DownloadError) as e:
+        download(url, sha256=digest, cache=tmp_path)
+    msg = str(e.value)
+    assert url in msg and str(tmp_path / "vae.safetensors") in msg and digest in msg and "MEDGEN_CACHE" in msg
+    assert isinstance(e.value, OSError) and calls == [url]
+    (tmp_path / "vae.safetensors").write_bytes(b"placed by hand")                # the fix the message asks for
+    assert download(url, cache=tmp_path).read_bytes() == b"placed by hand" and calls == [url]   # no new request
+    with pytest.raises(DownloadError, match="could not download file:///unroutable/nowhere/x.pt"):
+        monkeypatch.undo()
+        download("file:///unroutable/nowhere/x.pt", cache=tmp_path)
