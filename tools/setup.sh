@@ -15,6 +15,8 @@ else
     $V/pip install -q "torch==2.13.0"
   fi
   $V/pip install -q -e ".[dev]"
+  # CLIP's BPE vocabulary ships inside open-clip-torch, which depends on torchvision: file only, no deps
+  $V/pip install -q --no-deps open-clip-torch==3.3.0
   $V/python -m ipykernel install --sys-prefix --name python3 >/dev/null
   touch "$stamp"
 fi
