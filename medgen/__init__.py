@@ -30,11 +30,19 @@ _INDEX = _public_index()
 _MODULES = {m.split(".", 1)[1] for m in _modidx["syms"] if "." in m}
 
 # %% ../nbs/00_core.ipynb #757c1b2a
+def _find_exported(name: str):
+    "Objects nbdev does not index (registries, aliases): search the chapters' `__all__`, importing them in turn."
+    if name.startswith("__"): return None
+    for mod in sorted(_MODULES):
+        m = importlib.import_module(f"medgen.{mod}")
+        if name in getattr(m, "__all__", ()): return getattr(m, name)
+    return None
+
 def __getattr__(name: str):
     "Import the module that defines `name` on first access and cache the object in the package namespace."
     if name in _INDEX: obj = getattr(importlib.import_module(_INDEX[name][0]), name)
     elif name in _MODULES: obj = importlib.import_module(f"medgen.{name}")
-    else: raise AttributeError(f"module 'medgen' has no attribute {name!r}")
+    elif (obj := _find_exported(name)) is None: raise AttributeError(f"module 'medgen' has no attribute {name!r}")
     globals()[name] = obj
     return obj
 

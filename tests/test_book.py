@@ -117,3 +117,9 @@ def test_chapters_install_medgen_when_missing(nb):
     cells = json.loads(nb.read_text())["cells"][:4]
     src = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "except ImportError" in src and "pip" in src and "medgen" in src, f"{nb.name}: no install cell near the top"
+
+
+def test_readme_maps_every_chapter():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.stem for p in (ROOT / "nbs").glob("[0-9]*.ipynb") if f"`{p.stem}`" not in readme]
+    assert not missing, f"the chapter table of nbs/index.ipynb does not list {missing}"
