@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attention import dot_product_attention, merge_heads
 from .features import _gray_to_rgb, _load_strict, _read_state_dict, _resolve_weights
 
 # %% auto #0
@@ -125,7 +126,7 @@ CLIPTokenizer.encode, CLIPTokenizer.decode, CLIPTokenizer.__call__ = _encode, _d
 
 # %% ../nbs/52_clip_score.ipynb #d89b65c6
 class _Attention(nn.Module):
-    "Multi-head self-attention with fused `qkv` and output `proj` (timm layout); causal or not."
+    "Multi-head self-attention with fused `qkv` and output `proj` (timm layout) on the book's one attention kernel."
     def __init__(self, width: int, heads: int, causal: bool = False):
         super().__init__()
         if width % heads: raise ValueError(f"width must be divisible by heads, got width={width}, heads={heads}")
@@ -134,7 +135,7 @@ class _Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, width)
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, heads, L, d_h)
-        return self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal).transpose(1, 2).flatten(2))
+        return self.proj(merge_heads(dot_product_attention(q, k, v, causal=self.causal)))
 
 class _Mlp(nn.Module):
     "Two linear layers with GELU between them (timm's `Mlp`: `fc1`, `fc2`)."
@@ -352,7 +353,7 @@ class _BertLayer(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # (B, L, width), bool (B, 1, 1, L): True = attend
         att, out = self.attention["self"], self.attention["output"]
         q, k, v = (att[n](x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for n in ("query", "key", "value"))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+        a = merge_heads(dot_product_attention(q, k, v, attn_mask=mask))
         x = out["LayerNorm"](x + out["dense"](a))
         return self.output["LayerNorm"](x + self.output["dense"](F.gelu(self.intermediate["dense"](x))))
 
