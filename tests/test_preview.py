@@ -1,5 +1,7 @@
 "The Quarto-free HTML preview of the book: every chapter page exists, shows its figures and no errors."
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,14 +13,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import book  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp("site")
+def _build(out: Path) -> dict:
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "book.py"), "preview", "--out", str(out / "site"),
                         "--figures", str(out / "figures")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, json.loads((out / "site" / "book.json").read_text())
+    return json.loads((out / "site" / "book.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    "The site, built once per test session: nbdev's proc_nbs writes to the shared ROOT/_proc, so builds must not overlap."
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp("site")
+        return out, _build(out)
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per session, common to its xdist workers
+    out = shared / "preview"
+    with open(shared / "preview.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds, the others wait and read what it built
+        if (out / "site" / "book.json").exists(): return out, json.loads((out / "site" / "book.json").read_text())
+        out.mkdir(exist_ok=True)
+        return out, _build(out)
 
 
 def _images_in_source(nb: str) -> int:
