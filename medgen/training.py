@@ -757,8 +757,11 @@ def _diffusion_call(self: DiffusionStep, models, batch, ctx: StepContext):
 DiffusionStep.__call__ = _diffusion_call
 
 # %% ../nbs/60_training.ipynb #89648ca8
-def least_squares_adversarial(logits: Tensor, target_is_real: bool, for_discriminator: bool = False) -> Tensor:
-    "LSGAN loss: mean((logits - 1)^2) against real, mean(logits^2) against fake."
+def least_squares_adversarial(logits: Tensor | Sequence[Tensor],  # one logit map, or one per scale
+                              target_is_real: bool, for_discriminator: bool = False) -> Tensor:
+    "LSGAN loss: mean((logits - 1)^2) against real, mean(logits^2) against fake; averaged over a multi-scale critic's maps."
+    if isinstance(logits, (list, tuple)):
+        return torch.stack([least_squares_adversarial(l, target_is_real) for l in logits]).mean()
     return (logits.float() - float(target_is_real)).pow(2).mean()
 
 def kl_divergence(z_mu: Tensor, z_sigma: Tensor) -> Tensor:
@@ -766,8 +769,9 @@ def kl_divergence(z_mu: Tensor, z_sigma: Tensor) -> Tensor:
     kl = 0.5 * (z_mu.float().pow(2) + z_sigma.float().pow(2) - torch.log(z_sigma.float().pow(2)) - 1)
     return kl.flatten(1).sum(1).mean()
 
-def _logits(out) -> Tensor:
-    "A (patch) discriminator's logits: the last element of GM's list of features, or the output itself."
+def _logits(out) -> Tensor | list[Tensor]:
+    "A critic's logits: the last of a PatchDiscriminator's outputs, a MultiScalePatchDiscriminator's (logits, features)[0]."
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], list): return out[0]
     return out[-1] if isinstance(out, (list, tuple)) else out
 
 # %% ../nbs/60_training.ipynb #10286d3e
