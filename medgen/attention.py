@@ -16,33 +16,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['dot_product_attention', 'split_heads', 'merge_heads', 'spatial_to_tokens', 'tokens_to_spatial', 'MultiHeadAttention',
-           'SABlock', 'FeedForward', 'TransformerBlock', 'SpatialAttentionBlock', 'conv_nd', 'zero_module',
-           'BasicTransformerBlock', 'SpatialTransformer']
+__all__ = ['dot_product_attention', 'split_heads', 'merge_heads', 'spatial_to_tokens', 'tokens_to_spatial', 'KVCache',
+           'MultiHeadAttention', 'SABlock', 'FeedForward', 'TransformerBlock', 'SpatialAttentionBlock', 'conv_nd',
+           'zero_module', 'BasicTransformerBlock', 'SpatialTransformer']
 
 # %% ../nbs/12_attention.ipynb #314fa532
-def _attention_mask(attn_mask: Tensor | None, causal: bool, lq: int, lk: int) -> Tensor | None:
+def _attention_mask(attn_mask: Tensor | None, causal: bool, lq: int, lk: int, device=None) -> Tensor | None:
     "Boolean SDPA mask (True = attend) from a key mask (B, Lk) or a broadcastable (B, h, Lq, Lk) mask, ANDed with causal."
-    if attn_mask is None: return None
-    m = attn_mask.bool()
-    if m.ndim == 2: m = m[:, None, None, :]
-    if causal: m = m & torch.ones(lq, lk, dtype=torch.bool, device=m.device).tril()
+    m = None if attn_mask is None else attn_mask.bool()
+    if m is not None and m.ndim == 2: m = m[:, None, None, :]
+    if causal and (m is not None or 1 < lq != lk):  # lq == lk alone: SDPA's is_causal; lq == 1: the last query sees all
+        c = torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)  # queries are the last lq positions
+        m = c if m is None else m & c
     return m
 
 def dot_product_attention(q: Tensor,  # queries (B, h, Lq, d)
                           k: Tensor,  # keys (B, h, Lk, d)
                           v: Tensor,  # values (B, h, Lk, dv)
                           attn_mask: Tensor | None = None,  # bool/0-1, True = attend: (B, Lk) or broadcastable to (B, h, Lq, Lk)
-                          causal: bool = False,      # query i sees keys j <= i only
+                          causal: bool = False,      # query i sees keys j <= i + Lk - Lq (queries = the last Lq positions)
                           dropout_p: float = 0.0,    # dropout on the attention weights (give 0 in eval mode)
                           dtype: torch.dtype | None = None,  # compute in this dtype (float32: upcast), cast back
                           scale: float | None = None) -> Tensor:  # default 1/sqrt(d); returns (B, h, Lq, dv)
     "softmax(q k^T * scale + M) v on PyTorch's fused scaled_dot_product_attention."
     out_dtype = q.dtype
     if dtype is not None: q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    mask = _attention_mask(attn_mask, causal, q.shape[-2], k.shape[-2])
+    lq, lk = q.shape[-2], k.shape[-2]
+    mask = _attention_mask(attn_mask, causal, lq, lk, q.device)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                       is_causal=causal and mask is None, scale=scale)
+                                       is_causal=causal and mask is None and lq == lk, scale=scale)
     return y.to(out_dtype)
 
 # %% ../nbs/12_attention.ipynb #1b4a9211
@@ -91,6 +93,23 @@ def _check_attention(hidden_size: int, num_heads: int, dim_head: int | None, dro
     if combined and context_dim is not None:
         raise ValueError(f"context_dim={context_dim}: use_combined_linear=True projects q, k, v from x alone")
 
+# %% ../nbs/12_attention.ipynb #84dd6b5c
+class KVCache:
+    "Keys and values one self-attention layer has seen so far (incremental decoding); `update` appends and returns all."
+    def __init__(self):
+        self.k: Tensor | None = None  # (B, h, L_past, d)
+        self.v: Tensor | None = None
+
+    @property
+    def length(self) -> int:  # L_past, the number of cached positions
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: Tensor,  # keys of the new positions (B, h, L_new, d)
+               v: Tensor) -> tuple[Tensor, Tensor]:  # their values; returns all keys and values (B, h, L_past + L_new, d)
+        if self.k is not None: k, v = torch.cat([self.k, k], -2), torch.cat([self.v, v], -2)
+        self.k, self.v = k, v
+        return k, v
+
 # %% ../nbs/12_attention.ipynb #1e7b3265
 class MultiHeadAttention(nn.Module):
     "Multi-head self-attention, or cross-attention on a `context`, on `dot_product_attention`."
@@ -128,8 +147,12 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor,                       # (B, L, hidden_size)
                 context: Tensor | None = None,         # (B, S, context_dim); None: self-attention
-                attn_mask: Tensor | None = None) -> Tensor:  # (B, S) or (B, h, L, S), True = attend
+                attn_mask: Tensor | None = None,       # (B, S) or (B, h, L, S), True = attend
+                kv_cache: KVCache | None = None) -> Tensor:  # self-attention: append k, v to it, attend to all
         q, k, v = self.project(x, context)
+        if kv_cache is not None:
+            if context is not None: raise ValueError("kv_cache: caches self-attention keys; got a context too")
+            k, v = kv_cache.update(k, v)
         p = self.dropout_rate if self.training else 0.0
         y = dot_product_attention(q, k, v, attn_mask, self.causal, p, self.attention_dtype)
         return self.drop_output(self.out_proj(merge_heads(y)))
@@ -199,8 +222,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor,                  # (B, L, hidden_size)
                 context: Tensor | None = None,    # (B, S, hidden_size), read when with_cross_attention
-                attn_mask: Tensor | None = None) -> Tensor:  # self-attention mask, see `dot_product_attention`
-        x = x + self.attn(self.norm1(x), attn_mask=attn_mask)
+                attn_mask: Tensor | None = None,  # self-attention mask, see `dot_product_attention`
+                kv_cache: KVCache | None = None) -> Tensor:  # the self-attention's cache (incremental decoding)
+        x = x + self.attn(self.norm1(x), attn_mask=attn_mask, kv_cache=kv_cache)
         if self.with_cross_attention: x = x + self.cross_attn(self.norm_cross_attn(x), context)
         return x + self.mlp(self.norm2(x))
 

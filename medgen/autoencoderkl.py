@@ -7,7 +7,7 @@ Docs: https://medgen-book.github.io/medgen/kl_vae.html.md"""
 # %% ../nbs/20_kl_vae.ipynb #416adb16
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,19 +27,22 @@ class AEKLResBlock(nn.Module):
     "Residual block without time embedding: skip(x) + conv2(SiLU(GN2(conv1(SiLU(GN1 x)))))."
     def __init__(self, spatial_dims: int, in_channels: int,
                  norm_num_groups: int, norm_eps: float,
-                 out_channels: int | None = None) -> None:  # default in_channels
+                 out_channels: int | None = None,  # default in_channels
+                 *, norm: Callable[[int], nn.Module] | None = None) -> None:  # norm(channels); None: GroupNorm
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = nn.GroupNorm(norm_num_groups, in_channels, eps=norm_eps)
+        norm = norm or (lambda ch: nn.GroupNorm(norm_num_groups, ch, eps=norm_eps))
+        self.norm1 = norm(in_channels)
         self.conv1 = conv_nd(spatial_dims, in_channels, out_channels, 3)
-        self.norm2 = nn.GroupNorm(norm_num_groups, out_channels, eps=norm_eps)
+        self.norm2 = norm(out_channels)
         self.conv2 = conv_nd(spatial_dims, out_channels, out_channels, 3)
         self.nin_shortcut = (nn.Identity() if in_channels == out_channels
                              else conv_nd(spatial_dims, in_channels, out_channels, 1))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, in_channels, *spatial) -> (B, out_channels, *spatial)
-        h = self.conv1(_silu(self.norm1(x)))
-        return self.nin_shortcut(x) + self.conv2(_silu(self.norm2(h)))
+    def forward(self, x: Tensor,          # (B, in_channels, *spatial) -> (B, out_channels, *spatial)
+                *cond: Tensor) -> Tensor:  # extra inputs of the norms (SPADE: seg); none for GroupNorm
+        h = self.conv1(_silu(self.norm1(x, *cond)))
+        return self.nin_shortcut(x) + self.conv2(_silu(self.norm2(h, *cond)))
 
 # %% ../nbs/20_kl_vae.ipynb #706c69de
 class AEKLDownsample(nn.Module):
@@ -90,9 +93,10 @@ class _Parts:
     norm_eps: float
     include_fc: bool = True            # attention output projection (MONAI core option)
     use_combined_linear: bool = False  # one fused qkv projection (MONAI core option)
+    res_norm: Callable[[int], nn.Module] | None = None  # the residual blocks' norm(channels); None: GroupNorm
 
     def res(self, cin: int, cout: int) -> AEKLResBlock:
-        return AEKLResBlock(self.spatial_dims, cin, self.norm_num_groups, self.norm_eps, cout)
+        return AEKLResBlock(self.spatial_dims, cin, self.norm_num_groups, self.norm_eps, cout, norm=self.res_norm)
 
     def attn(self, ch: int) -> SpatialAttentionBlock:
         "One-head self-attention over all positions."
@@ -125,8 +129,8 @@ class _Cascade(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.blocks: x = block(x)
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:  # cond: extra inputs of the residual blocks' norms
+        for block in self.blocks: x = block(x, *cond) if isinstance(block, AEKLResBlock) else block(x)
         return x
 
 # %% ../nbs/20_kl_vae.ipynb #573af4bb
@@ -162,8 +166,9 @@ class AEKLDecoder(_Cascade):
                  with_nonlocal_attn: bool = True,
                  use_flash_attention: bool = False,    # accepted for compatibility (SDPA always)
                  use_convtranspose: bool = False,      # learned (transposed convolution) upsampling
-                 *, include_fc: bool = True, use_combined_linear: bool = False) -> None:
-        p = _Parts(spatial_dims, norm_num_groups, norm_eps, include_fc, use_combined_linear)
+                 *, include_fc: bool = True, use_combined_linear: bool = False,
+                 res_norm: Callable[[int], nn.Module] | None = None) -> None:  # residual blocks' norm; None: GroupNorm
+        p = _Parts(spatial_dims, norm_num_groups, norm_eps, include_fc, use_combined_linear, res_norm)
         chs = tuple(num_channels)[::-1]
         blocks, cin = [conv_nd(spatial_dims, in_channels, chs[0], 3)], chs[0]
         if with_nonlocal_attn: blocks += _nonlocal_block(p, cin)

@@ -8,7 +8,7 @@ Docs: https://medgen-book.github.io/medgen/diffusion_unet.html.md"""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,26 +57,29 @@ class DiffusionUNetResnetBlock(nn.Module):
                  temb_channels: int,                 # width of the embedding e
                  out_channels: int | None = None,    # default in_channels
                  up: bool = False, down: bool = False,
-                 norm_num_groups: int = 32, norm_eps: float = 1e-6) -> None:
+                 norm_num_groups: int = 32, norm_eps: float = 1e-6,
+                 *, norm: Callable[[int], nn.Module] | None = None) -> None:  # norm(channels); None: GroupNorm
         super().__init__()
         out_channels = out_channels or in_channels
         if up and down: raise ValueError("up=True and down=True: a block resizes in one direction only")
         self.up, self.down = up, down
-        self.norm1 = nn.GroupNorm(norm_num_groups, in_channels, eps=norm_eps)
+        norm = norm or (lambda ch: nn.GroupNorm(norm_num_groups, ch, eps=norm_eps))
+        self.norm1 = norm(in_channels)
         self.conv1 = conv_nd(spatial_dims, in_channels, out_channels, 3)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = nn.GroupNorm(norm_num_groups, out_channels, eps=norm_eps)
+        self.norm2 = norm(out_channels)
         self.conv2 = zero_module(conv_nd(spatial_dims, out_channels, out_channels, 3))
         self.skip_connection = (nn.Identity() if out_channels == in_channels
                                 else conv_nd(spatial_dims, in_channels, out_channels, 1))
 
     def forward(self, x: Tensor,                   # (B, in_channels, *spatial)
-                emb: Tensor) -> Tensor:            # (B, temb_channels)
-        h = _silu(self.norm1(x))
+                emb: Tensor,                       # (B, temb_channels)
+                *cond: Tensor) -> Tensor:          # extra inputs of the norms (SPADE: seg); none for GroupNorm
+        h = _silu(self.norm1(x, *cond))
         if self.up or self.down: x, h = _resize2(x, self.up), _resize2(h, self.up)
         t = self.time_emb_proj(F.silu(emb))
         h = self.conv1(h) + t.reshape(*t.shape, *[1] * (h.ndim - 2))
-        return self.skip_connection(x) + self.conv2(_silu(self.norm2(h)))
+        return self.skip_connection(x) + self.conv2(_silu(self.norm2(h, *cond)))
 
 # %% ../nbs/13_diffusion_unet.ipynb #b68fce5e
 class UNetDownsample(nn.Module):
@@ -122,9 +125,9 @@ class _UNetLevel(nn.Module):
         self.resnets, self.attentions = nn.ModuleList(resnets), nn.ModuleList(attentions)
         self.cross_attention, self.use_checkpointing = cross_attention, use_checkpointing
 
-    def _block(self, i: int, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
-        "Residual block i, then its attention (if the level has attention)."
-        h = _run(self.resnets[i], h, emb, use_checkpointing=self.use_checkpointing)
+    def _block(self, i: int, h: Tensor, emb: Tensor, context: Tensor | None, *cond: Tensor) -> Tensor:
+        "Residual block i (given `cond`, the inputs of its norms), then its attention (if the level has attention)."
+        h = _run(self.resnets[i], h, emb, *cond, use_checkpointing=self.use_checkpointing)
         if not self.attentions: return h
         return _run_attention(self.attentions[i], h, context, self.cross_attention, self.use_checkpointing)
 
@@ -156,9 +159,10 @@ class UNetUpBlock(_UNetLevel):
         self.upsampler = upsampler
 
     def forward(self, h: Tensor, skips: Sequence[Tensor],  # this level's skips, used last to first
-                emb: Tensor, context: Tensor | None = None) -> Tensor:
+                emb: Tensor, context: Tensor | None = None,
+                *cond: Tensor) -> Tensor:  # extra inputs of the resnets' norms (SPADE: seg)
         for i in range(len(self.resnets)):
-            h = self._block(i, torch.cat([h, skips[-1 - i]], dim=1), emb, context)
+            h = self._block(i, torch.cat([h, skips[-1 - i]], dim=1), emb, context, *cond)
         return h if self.upsampler is None else self.upsampler(h, emb)
 
 # %% ../nbs/13_diffusion_unet.ipynb #8698e8c7
@@ -244,8 +248,10 @@ def _unet_config(name: str, spatial_dims, in_channels, num_res_blocks, num_chann
                        bool(use_checkpointing or use_checkpoint))
 
 # %% ../nbs/13_diffusion_unet.ipynb #d22aff15
-def _resnet(c: _UNetConfig, cin: int, cout: int, up: bool = False, down: bool = False) -> DiffusionUNetResnetBlock:
-    return DiffusionUNetResnetBlock(c.spatial_dims, cin, c.temb_channels, cout, up, down, c.norm_num_groups, c.norm_eps)
+def _resnet(c: _UNetConfig, cin: int, cout: int, up: bool = False, down: bool = False,
+            norm: Callable[[int], nn.Module] | None = None) -> DiffusionUNetResnetBlock:  # norm: None is GroupNorm
+    return DiffusionUNetResnetBlock(c.spatial_dims, cin, c.temb_channels, cout, up, down, c.norm_num_groups, c.norm_eps,
+                                    norm=norm)
 
 def _attention(c: _UNetConfig, ch: int, head_channels: int) -> nn.Module:
     "Self-attention block, or a spatial transformer reading the context when the UNet is conditioned."
@@ -276,14 +282,14 @@ def _mid_block(c: _UNetConfig) -> UNetMidBlock:
                         c.with_conditioning, c.use_checkpointing)
 
 # %% ../nbs/13_diffusion_unet.ipynb #cf5beade
-def _up_blocks(c: _UNetConfig) -> nn.ModuleList:
-    "Decoder levels, low to high resolution; resnet j of a level sees [h, skip] channels."
+def _up_blocks(c: _UNetConfig, norm: Callable[[int], nn.Module] | None = None) -> nn.ModuleList:
+    "Decoder levels, low to high resolution; resnet j of a level sees [h, skip] channels; `norm` for their resnets."
     chs, levels = c.num_channels[::-1], len(c.num_channels)
     blocks, prev = [], chs[0]
     for i, (ch, n, att, hc) in enumerate(zip(chs, c.num_res_blocks[::-1], c.attention_levels[::-1],
                                              c.num_head_channels[::-1])):
         skip_last = chs[min(i + 1, levels - 1)]  # the skip entering this encoder level
-        resnets = [_resnet(c, (prev if j == 0 else ch) + (skip_last if j == n else ch), ch) for j in range(n + 1)]
+        resnets = [_resnet(c, (prev if j == 0 else ch) + (skip_last if j == n else ch), ch, norm=norm) for j in range(n + 1)]
         attentions = [_attention(c, ch, hc) for _ in range(n + 1)] if att else []
         up = None
         if i < levels - 1:
@@ -321,13 +327,14 @@ def _embed(net: nn.Module, x: Tensor, timesteps: Tensor, context: Tensor | None,
 
 # %% ../nbs/13_diffusion_unet.ipynb #a66b82e9
 def _encode(net: nn.Module, x: Tensor, emb: Tensor, context: Tensor | None,
-            residuals: Sequence[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+            residuals: Sequence[Tensor] | None,
+            stem: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:  # added to conv_in(x) (ControlNet's E(c))
     "Stem and encoder: the lowest-resolution features and all skips (plus ControlNet residuals when given)."
     levels = len(net.config.num_channels)
     if any(s % 2 ** (levels - 1) for s in x.shape[2:]):
         raise ValueError(f"x: spatial shape {tuple(x.shape[2:])} must be divisible by {2 ** (levels - 1)} "
                          f"(2 ** (levels - 1), levels = len(num_channels) = {levels})")
-    h = net.conv_in(x)
+    h = net.conv_in(x) if stem is None else net.conv_in(x) + stem
     skips = [h]
     for block in net.down_blocks:
         h, s = block(h, emb, context)
@@ -339,6 +346,18 @@ def _encode(net: nn.Module, x: Tensor, emb: Tensor, context: Tensor | None,
     return h, skips
 
 # %% ../nbs/13_diffusion_unet.ipynb #dba4041a
+def _unet_forward(net: nn.Module, x: Tensor, timesteps: Tensor, context: Tensor | None, class_labels: Tensor | None,
+                  down_residuals: Sequence[Tensor] | None, mid_residual: Tensor | None, *cond: Tensor) -> Tensor:
+    "Embed, encode (plus ControlNet residuals), middle, decode with the skips; `cond` goes to the up path (SPADE's seg)."
+    emb = _embed(net, x, timesteps, context, class_labels)
+    h, skips = _encode(net, x, emb, context, down_residuals)
+    h = net.middle_block(h, emb, context)
+    if mid_residual is not None: h = h + mid_residual
+    for block in net.up_blocks:
+        n = len(block.resnets)
+        h, skips = block(h, skips[-n:], emb, context, *cond), skips[:-n]
+    return net.out(h)
+
 class DiffusionModelUNet(nn.Module):
     "UNet denoiser eps_theta(x_t, t [, class, context]) of GM/MONAI, 1D/2D/3D; loads GM and MONAI core checkpoints."
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
@@ -379,14 +398,8 @@ class DiffusionModelUNet(nn.Module):
                 down_block_additional_residuals: Sequence[Tensor] | None = None,  # ControlNet, one per skip
                 mid_block_additional_residual: Tensor | None = None) -> Tensor:   # ControlNet, middle
         "Predict the network's target (noise, x0 or v) for x_t at step t: (B, out_channels, *spatial)."
-        emb = _embed(self, x, timesteps, context, class_labels)
-        h, skips = _encode(self, x, emb, context, down_block_additional_residuals)
-        h = self.middle_block(h, emb, context)
-        if mid_block_additional_residual is not None: h = h + mid_block_additional_residual
-        for block in self.up_blocks:
-            n = len(block.resnets)
-            h, skips = block(h, skips[-n:], emb, context), skips[:-n]
-        return self.out(h)
+        return _unet_forward(self, x, timesteps, context, class_labels, down_block_additional_residuals,
+                             mid_block_additional_residual)
 
     def load_old_state_dict(self, old_state_dict: dict, verbose: bool = False) -> None:
         "MONAI core's name for loading a GM checkpoint; `load_state_dict` already converts GM's keys."
