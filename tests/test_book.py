@@ -123,3 +123,10 @@ def test_readme_maps_every_chapter():
     readme = (ROOT / "README.md").read_text()
     missing = [p.stem for p in (ROOT / "nbs").glob("[0-9]*.ipynb") if f"`{p.stem}`" not in readme]
     assert not missing, f"the chapter table of nbs/index.ipynb does not list {missing}"
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_no_injected_parameters_cell(nb):
+    "`book.py execute --inplace` drops papermill's injected cell: the book shows the parameters cell once."
+    cells = json.loads(nb.read_text())["cells"]
+    assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells), nb.name

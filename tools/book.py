@@ -94,6 +94,16 @@ def _execute_one(args: tuple[str, str, str, int]) -> tuple[str, float, str]:
     return src, time.time() - t0, err
 
 
+def drop_injected_parameters(nb_path: Path) -> bool:
+    "Remove papermill's `injected-parameters` cell (the run's profile) from a notebook kept in nbs/; True if removed."
+    d = json.loads(Path(nb_path).read_text())
+    keep = [c for c in d["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    if len(keep) == len(d["cells"]): return False
+    d["cells"] = keep
+    Path(nb_path).write_text(json.dumps(d, indent=1, ensure_ascii=False) + "\n")
+    return True
+
+
 def execute(notebooks: list[Path], out: Path | None, inplace: bool, profile: str, jobs: int, timeout: int) -> int:
     "Run notebooks top to bottom in fresh kernels; write executed copies to `out` (or back in place)."
     if not inplace: out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +116,9 @@ def execute(notebooks: list[Path], out: Path | None, inplace: bool, profile: str
             failed += bool(err)
     if inplace:
         from nbdev.clean import nbdev_clean
-        for nb in notebooks: nbdev_clean(fname=str(nb))
+        for nb in notebooks:
+            drop_injected_parameters(nb)
+            nbdev_clean(fname=str(nb))
     return failed
 
 
