@@ -17,6 +17,7 @@ from medgen.autoencoderkl import (AEKLDownsample, AEKLResBlock, AEKLTransposedUp
 from medgen.hub import from_pretrained, save_pretrained
 from medgen.training import kl_divergence
 from medgen.unet import UNetUpsample
+from gm_keys import to_gm
 
 TOL = 1e-5
 SMALL = dict(num_channels=(8, 16), latent_channels=3, norm_num_groups=8, num_res_blocks=1)
@@ -46,10 +47,6 @@ def randomize(m: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.M
     return m.eval()
 
 
-def to_gm(sd: dict) -> dict:
-    "GM names (inverse of MONAI core's AutoencoderKL.load_old_state_dict)."
-    return {k.replace(".attn.out_proj.", ".proj_attn.").replace(".attn.to_", ".to_").replace(".postconv.", ".conv."): v
-            for k, v in sd.items()}
 
 
 def max_diff(a, b) -> float:

@@ -22,6 +22,7 @@ from medgen.inferers import DiffusionInferer
 from medgen.schedulers import DDIMScheduler, DDPMScheduler
 from medgen.training import DiffusionStep, StepContext, Trainer, TrainConfig
 from medgen.unet import DiffusionModelUNet
+from gm_keys import to_gm
 
 TOL = 1e-5
 SMALL = dict(num_channels=(16, 32, 32), attention_levels=(False, True, True), num_res_blocks=1, norm_num_groups=8,
@@ -34,12 +35,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def core_names(kw: dict) -> dict:
@@ -72,15 +68,6 @@ def cn_inputs(sd: int, kw: dict, halvings: int, size: int = 8, batch: int = 2, c
     return x, t, c, extra
 
 
-def to_gm(sd: dict) -> dict:
-    "GM names of attention weights (inverse of MONAI core's load_old_state_dict)."
-    out = {}
-    for k, v in sd.items():
-        if ".transformer_blocks." in k: k = k.replace(".out_proj.", ".to_out.0.")
-        elif ".attn.out_proj." in k: k = k.replace(".attn.out_proj.", ".proj_attn.")
-        elif ".attn.to_" in k: k = k.replace(".attn.to_", ".to_")
-        out[k] = v
-    return out
 
 
 # ---------------------------------------------------------------- the network

@@ -17,12 +17,7 @@ TOL = 1e-5
 SHAPES = {2: (2, 1, 8, 8), 3: (2, 1, 8, 8, 8)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet(spatial_dims, in_channels=1, out_channels=1, conditioning_dim=None, seed=0):

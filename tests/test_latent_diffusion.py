@@ -23,12 +23,7 @@ CASES = {2: ((2, 1, 10, 10), (5, 5), (6, 6)), 3: ((2, 1, 8, 8, 8), (4, 4, 4), (6
 PLAIN = {2: (2, 1, 12, 12), 3: (2, 1, 8, 8, 8)}  # images whose latents fit the UNet without padding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def autoencoder(sd, seed=0):

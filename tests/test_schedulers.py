@@ -16,13 +16,7 @@ from medgen.schedulers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepS
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    "Tiny elementwise work: one thread avoids OpenMP synchronisation when the cores are shared."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed=0):

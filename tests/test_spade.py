@@ -19,6 +19,7 @@ from medgen.latent_diffusion import LatentDiffusionInferer
 from medgen.schedulers import DDPMScheduler
 from medgen.spade import SPADE, SPADEAutoencoderKL, SPADEDiffusionModelUNet, SPADENet, _spade_norm
 from medgen.unet import DiffusionModelUNet, DiffusionUNetResnetBlock
+from gm_keys import to_gm
 
 TOL = 1e-5
 
@@ -48,15 +49,6 @@ def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def to_gm(sd: dict) -> dict:
-    "GM's key names (attention and upsampling layers; SPADE layers have the same names in GM and MONAI core)."
-    out = {}
-    for k, v in sd.items():
-        if ".transformer_blocks." in k: k = k.replace(".out_proj.", ".to_out.0.")
-        elif ".attn.out_proj." in k: k = k.replace(".attn.out_proj.", ".proj_attn.")
-        elif ".attn.to_" in k: k = k.replace(".attn.to_", ".to_")
-        out[k.replace(".postconv.", ".conv.")] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- SPADE

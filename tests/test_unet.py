@@ -8,6 +8,7 @@ from monai.networks.nets import DiffusionModelUNet as CoreUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionModelEncoder as CoreEncoder
 
 from medgen.unet import DiffusionModelEncoder, DiffusionModelUNet
+from gm_keys import to_gm
 
 TOL = 1e-5
 SMALL = dict(num_channels=(16, 32, 32), attention_levels=(False, True, True), num_res_blocks=1, norm_num_groups=8,
@@ -48,15 +49,6 @@ def max_diff(a: torch.nn.Module, b: torch.nn.Module, *args, **kwargs) -> float:
     with torch.no_grad(): return (a(*args, **kwargs) - b.eval()(*args, **kwargs)).abs().max().item()
 
 
-def to_gm(sd: dict) -> dict:
-    "GM names (inverse of MONAI core's DiffusionModelUNet.load_old_state_dict)."
-    out = {}
-    for k, v in sd.items():
-        if ".transformer_blocks." in k: k = k.replace(".out_proj.", ".to_out.0.")
-        elif ".attn.out_proj." in k: k = k.replace(".attn.out_proj.", ".proj_attn.")
-        elif ".attn.to_" in k: k = k.replace(".attn.to_", ".to_")
-        out[k.replace(".postconv.", ".conv.")] = v
-    return out
 
 
 @pytest.mark.parametrize("sd", [2, 3])
