@@ -173,6 +173,38 @@ def test_multiscale_pooling():
     assert isinstance(mx.discriminator_1[0], nn.MaxPool3d) and mx.num_layers_d == [1, 2]
 
 
+class _GMPooledMultiScale(nn.Sequential):
+    "GM's (2024) pooled MultiScalePatchDiscriminator composed of MONAI core parts: scale i = (pool) * i + PatchDiscriminator."
+    def __init__(self, num_d, num_layers_d, spatial_dims, num_channels, in_channels, pooling_method, kernel_size=4,
+                 **kw):
+        from monai.networks.layers import get_pool_layer
+        super().__init__()
+        padding = tuple([int((kernel_size - 1) / 2)] * spatial_dims)
+        pool = get_pool_layer((pooling_method, {"kernel_size": kernel_size, "stride": 2, "padding": padding}),
+                              spatial_dims=spatial_dims)
+        for i in range(num_d):
+            d = CorePatch(spatial_dims=spatial_dims, channels=num_channels, in_channels=in_channels,
+                          num_layers_d=num_layers_d, kernel_size=kernel_size, padding=padding, **kw)
+            self.add_module(f"discriminator_{i}", d if i == 0 else nn.Sequential(*[pool] * i, d))
+
+    def forward(self, x):
+        outs = [d(x) for d in self.children()]
+        return [o[-1] for o in outs], [o[:-1] for o in outs]
+
+
+@pytest.mark.parametrize("sd,method", [(2, "avg"), (2, "max"), (3, "avg")])
+def test_multiscale_pooling_parity_with_gm_layout(sd, method):
+    "Same keys as GM's pooled layout (discriminator_i.i.*), same outputs on the same weights, eval and train."
+    ref = randomize(_GMPooledMultiScale(3, 1, sd, 4, 1, method, last_conv_kernel_size=1))
+    ours = MultiScalePatchDiscriminator(3, 1, sd, 4, 1, pooling_method=method, minimum_size_im=16)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1, *[16] * sd)
+    for train in (False, True):
+        ref.train(train); ours.train(train)
+        assert max_diff(ours(x), ref(x)) <= TOL
+
+
 def test_multiscale_errors_match_gm():
     with pytest.raises(AssertionError, match="too small to take in up to 2 discriminators with num_layers = 9"):
         MultiScalePatchDiscriminator(3, 3, 2, 8, 1, minimum_size_im=128)
