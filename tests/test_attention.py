@@ -1,4 +1,5 @@
 "medgen.attention against MONAI core's attention blocks on the same weights (float32, max abs diff <= 1e-5)."
+from functools import partial
 import pytest
 import torch
 from monai.networks.blocks import CrossAttentionBlock, SABlock as CoreSABlock, SpatialAttentionBlock as CoreSpatial
@@ -7,15 +8,11 @@ from monai.networks.nets.diffusion_model_unet import SpatialTransformer as CoreS
 
 from medgen.attention import (MultiHeadAttention, SABlock, SpatialAttentionBlock, SpatialTransformer, TransformerBlock,
                               dot_product_attention)
+from helpers import randomize as _randomize
+
+randomize = partial(_randomize, std=0.3)
 
 TOL = 1e-5
-
-
-def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m.eval()
 
 
 def diff(core, ours, *args, state_dict=None, **kwargs) -> float:

@@ -1,4 +1,5 @@
 "medgen.autoencoderkl against MONAI core on the same weights (float32, max abs diff <= 1e-5), GM checkpoints, errors."
+from functools import partial
 import contextlib
 import inspect
 import io
@@ -17,7 +18,10 @@ from medgen.autoencoderkl import (AEKLDownsample, AEKLResBlock, AEKLTransposedUp
 from medgen.hub import from_pretrained, save_pretrained
 from medgen.training import kl_divergence
 from medgen.unet import UNetUpsample
-from gm_keys import to_gm
+from helpers import to_gm
+from helpers import randomize as _randomize
+
+randomize = partial(_randomize, std=0.1)
 
 TOL = 1e-5
 SMALL = dict(num_channels=(8, 16), latent_channels=3, norm_num_groups=8, num_res_blocks=1)
@@ -38,15 +42,6 @@ def core_names(kw: dict) -> dict:
     kw = dict(kw)
     kw["channels"] = kw.pop("num_channels")
     return kw
-
-
-def randomize(m: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
-    return m.eval()
-
-
 
 
 def max_diff(a, b) -> float:

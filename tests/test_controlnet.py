@@ -1,4 +1,5 @@
 "medgen.controlnet against MONAI core on the same weights (float32, max abs diff <= 1e-5), invariants, errors."
+from functools import partial
 import contextlib
 import io
 
@@ -22,7 +23,10 @@ from medgen.inferers import DiffusionInferer
 from medgen.schedulers import DDIMScheduler, DDPMScheduler
 from medgen.training import DiffusionStep, StepContext, Trainer, TrainConfig
 from medgen.unet import DiffusionModelUNet
-from gm_keys import to_gm
+from helpers import to_gm
+from helpers import randomize as _randomize
+
+randomize = partial(_randomize, std=0.1)
 
 TOL = 1e-5
 SMALL = dict(num_channels=(16, 32, 32), attention_levels=(False, True, True), num_res_blocks=1, norm_num_groups=8,
@@ -44,13 +48,6 @@ def core_names(kw: dict) -> dict:
     return kw
 
 
-def randomize(m: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
-    return m.eval()
-
-
 def rel_diff(a, b) -> float:
     "Max abs difference, relative to the reference's magnitude where it exceeds 1."
     if isinstance(a, (tuple, list)): return max(rel_diff(u, v) for u, v in zip(a, b))
@@ -66,8 +63,6 @@ def cn_inputs(sd: int, kw: dict, halvings: int, size: int = 8, batch: int = 2, c
     if kw.get("with_conditioning"): extra["context"] = torch.randn(batch, 3, kw["cross_attention_dim"], generator=g)
     if kw.get("num_class_embeds"): extra["class_labels"] = torch.randint(0, kw["num_class_embeds"], (batch,), generator=g)
     return x, t, c, extra
-
-
 
 
 # ---------------------------------------------------------------- the network

@@ -7,7 +7,6 @@ within a stated tolerance: max |difference| <= 1e-5 after 6 SGD steps (measured:
 Checked for a one-phase step and for the two-phase adversarial AutoencoderStep (generator, then discriminator).
 """
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medgen.training import AutoencoderStep, Trainer, TrainConfig, init_distributed, load_checkpoint
+from helpers import free_port
 
 TOL = 1e-5
 STEPS = 6
@@ -76,10 +76,6 @@ def _worker(rank: int, world: int, port: int, out: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +83,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     # fork: the children inherit the imported torch/monai/medgen (spawn would re-import them, ~5 s each);
     # they use one intra-op thread and no data-loader workers, so forking after torch's import is safe.
-    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True, start_method="fork")
     ddp = torch.load(out / "ddp_results.pt", weights_only=True)
     single = {kind: _train(kind, out / "single", batch_size=8) for kind in ("one_phase", "adversarial")}
     return out, ddp, single

@@ -1,4 +1,5 @@
 "Tests of medgen.spade: SPADE, SPADEAutoencoderKL, SPADEDiffusionModelUNet, SPADENet (parity with MONAI core 1.6.1)."
+from functools import partial
 import contextlib
 import inspect
 import io
@@ -19,16 +20,12 @@ from medgen.latent_diffusion import LatentDiffusionInferer
 from medgen.schedulers import DDPMScheduler
 from medgen.spade import SPADE, SPADEAutoencoderKL, SPADEDiffusionModelUNet, SPADENet, _spade_norm
 from medgen.unet import DiffusionModelUNet, DiffusionUNetResnetBlock
-from gm_keys import to_gm
+from helpers import to_gm
+from helpers import randomize as _randomize
+
+randomize = partial(_randomize, std=0.1)
 
 TOL = 1e-5
-
-
-def randomize(m: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
-    return m.eval()
 
 
 def diff(a, b) -> float:
@@ -47,8 +44,6 @@ def labels(b: int, k: int, shape: tuple, seed: int = 0) -> torch.Tensor:
 
 def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------- SPADE

@@ -1,4 +1,5 @@
 "medgen.transformer against MONAI core's DecoderOnlyTransformer and VQVAETransformerInferer (float32, <= 1e-5), KV cache."
+from functools import partial
 import math
 
 import pytest
@@ -12,15 +13,11 @@ from medgen.hub import from_pretrained, save_pretrained
 from medgen.ordering import Ordering
 from medgen.transformer import DecoderOnlyTransformer, VQVAETransformerInferer, _generate, _next_token
 from medgen.vqvae import VQVAE
+from helpers import randomize as _randomize
+
+randomize = partial(_randomize, std=0.3)
 
 TOL = 1e-5
-
-
-def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m.eval()
 
 
 def core_to_gm(sd: dict, cross: bool) -> dict:

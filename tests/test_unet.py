@@ -1,4 +1,5 @@
 "medgen.unet against MONAI core on the same weights (float32, max abs diff <= 1e-5), GM checkpoints, errors."
+from functools import partial
 import contextlib
 import io
 
@@ -8,7 +9,10 @@ from monai.networks.nets import DiffusionModelUNet as CoreUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionModelEncoder as CoreEncoder
 
 from medgen.unet import DiffusionModelEncoder, DiffusionModelUNet
-from gm_keys import to_gm
+from helpers import to_gm
+from helpers import randomize as _randomize
+
+randomize = partial(_randomize, std=0.2)
 
 TOL = 1e-5
 SMALL = dict(num_channels=(16, 32, 32), attention_levels=(False, True, True), num_res_blocks=1, norm_num_groups=8,
@@ -28,13 +32,6 @@ def core_names(kw: dict) -> dict:
     return kw
 
 
-def randomize(m: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
-    return m.eval()
-
-
 def inputs(sd: int, kw: dict, size: int = 8, batch: int = 2):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 2, *[size] * sd, generator=g)
@@ -47,8 +44,6 @@ def inputs(sd: int, kw: dict, size: int = 8, batch: int = 2):
 
 def max_diff(a: torch.nn.Module, b: torch.nn.Module, *args, **kwargs) -> float:
     with torch.no_grad(): return (a(*args, **kwargs) - b.eval()(*args, **kwargs)).abs().max().item()
-
-
 
 
 @pytest.mark.parametrize("sd", [2, 3])

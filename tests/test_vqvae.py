@@ -4,9 +4,9 @@ Parity: MONAI core's VQVAE / EMAQuantizer / VectorQuantizer (GM's layout and nam
 `strict=True`; float32 outputs must agree within 1e-5 (measured: bit-identical) in evaluation mode, and after a few
 training steps (forward passes that update the codebook by EMA, and SGD steps) weights, buffers and codebooks too.
 """
+from functools import partial
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,10 @@ from monai.networks.nets import VQVAE as CoreVQVAE
 from medgen.hub import from_pretrained, save_pretrained
 from medgen.training import AutoencoderStep, Trainer, TrainConfig, init_distributed
 from medgen.vqvae import VQVAE, EMAQuantizer, VectorQuantizer, codebook_perplexity
+from helpers import randomize as _randomize
+from helpers import free_port
+
+randomize = partial(_randomize, std=0.2, eval=False)
 
 TOL = 1e-5
 
@@ -35,13 +39,6 @@ def core(kw: dict) -> torch.nn.Module:
     kw = dict(kw)
     kw["channels"] = kw.pop("num_channels")
     return CoreVQVAE(**kw)
-
-
-def randomize(m: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters(): p.copy_(torch.randn(p.shape, generator=g) * std)
-    return m
 
 
 def pair(sd: int, std: float = 0.2, **kw):
@@ -284,15 +281,9 @@ def _worker(rank: int, world: int, port: int, out: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process(tmp_path):
     # fork: the children inherit the imported modules; one thread each, no data-loader workers
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     single = _train(tmp_path / "single", batch_size=8)
     key = "quantizer.quantizer.embedding.weight"
