@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fft import fftn
-from fastcore.basics import patch
 from torch.nn.modules.loss import _Loss
 
 from .features import (_LITE0_STAGES, _MEDICALNET, FEATURE_WEIGHT_SOURCES, EfficientNetLite0, FeatureResNet,
@@ -329,7 +328,6 @@ class PerceptualLoss(nn.Module):
         self._rng = generator if generator is not None else torch.Generator().manual_seed(0)
 
 # %% ../nbs/23_perceptual_losses.ipynb #aeea089f
-@patch
 def _calculate_axis_loss(self: PerceptualLoss, input: Tensor, target: Tensor, spatial_axis: int) -> Tensor:
     "Mean 2D loss over `fake_3d_ratio` of the slices along `spatial_axis`, drawn with the loss's generator."
     x0, x1 = _slices(input, spatial_axis), _slices(target, spatial_axis)
@@ -337,8 +335,7 @@ def _calculate_axis_loss(self: PerceptualLoss, input: Tensor, target: Tensor, sp
     idx = torch.randperm(len(x0), generator=self._rng)[:k].to(x0.device)
     return self.perceptual_function(x0[idx], x1[idx]).mean()
 
-@patch
-def forward(self: PerceptualLoss, input: Tensor, target: Tensor) -> Tensor:  # (N, C, *spatial) each
+def _perceptual_forward(self: PerceptualLoss, input: Tensor, target: Tensor) -> Tensor:  # (N, C, *spatial) each
     "Scalar loss (channel_wise: one per channel); 2.5D: the SUM of the three axes' losses, as in GM."
     if input.shape != target.shape: raise ValueError(f"ground truth has differing shape ({target.shape}) from input ({input.shape})")
     if input.ndim != self.spatial_dims + 2:
@@ -347,6 +344,9 @@ def forward(self: PerceptualLoss, input: Tensor, target: Tensor) -> Tensor:  # (
         loss = sum(self._calculate_axis_loss(input, target, axis) for axis in (2, 3, 4))
     else: loss = self.perceptual_function(input, target)
     return loss.flatten(1).mean(0) if self.channel_wise else loss.mean()
+
+# methods of PerceptualLoss, defined after it for the chapter's telling (no fastcore in the package)
+PerceptualLoss._calculate_axis_loss, PerceptualLoss.forward = _calculate_axis_loss, _perceptual_forward
 
 # %% ../nbs/23_perceptual_losses.ipynb #6611eb4b
 class JukeboxLoss(_Loss):

@@ -146,3 +146,39 @@ def test_download_offline_names_url_and_destination(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="could not download file:///unroutable/nowhere/x.pt"):
         monkeypatch.undo()
         download("file:///unroutable/nowhere/x.pt", cache=tmp_path)
+
+
+# ---- a plain `pip install .` imports every module: no top-level import of a package only extras bring
+def _declared_dependencies(root) -> set[str]:
+    "Import names of pyproject's [project] dependencies (the distributions a plain install brings)."
+    import re
+    import tomllib
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    dists = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower() for d in deps}
+    import_names = {"pytorch-ignite": "ignite"}
+    return {import_names.get(d, d.replace("-", "_")) for d in dists}
+
+
+def test_exported_modules_import_only_declared_dependencies(root):
+    import ast
+    import sys
+    allowed = _declared_dependencies(root) | set(sys.stdlib_module_names) | {"medgen"}
+    assert {"torch", "monai", "numpy", "safetensors", "ignite"} <= allowed
+    bad = []
+    for path in sorted((root / "medgen").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in _module_level(tree.body):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [] if node.level else [node.module])
+            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] not in allowed]
+    assert not bad, f"top-level imports of packages a plain install does not bring: {bad}"
+
+
+def _module_level(body):
+    "Import statements executed when a module is imported (top level, and inside top-level if/try/with/class)."
+    import ast
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)): yield node
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody"): yield from _module_level(getattr(node, field, []))
+            for h in getattr(node, "handlers", []): yield from _module_level(h.body)
