@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hub import capture_init_args
+
 # %% auto #0
 __all__ = ['dot_product_attention', 'split_heads', 'merge_heads', 'spatial_to_tokens', 'tokens_to_spatial', 'KVCache',
            'MultiHeadAttention', 'SABlock', 'FeedForward', 'TransformerBlock', 'SpatialAttentionBlock', 'conv_nd',
@@ -163,6 +165,7 @@ class MultiHeadAttention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 # %% ../nbs/12_attention.ipynb #194a1c73
+@capture_init_args
 class SABlock(MultiHeadAttention):
     "GM's self-attention block (optionally causal, optionally attending to a `context`) on `MultiHeadAttention`."
     def __init__(self, hidden_size: int, num_heads: int, dropout_rate: float = 0.0, qkv_bias: bool = False,
@@ -203,6 +206,7 @@ class FeedForward(nn.Module):
         return self.drop2(self.linear2(self.drop1(h)))
 
 # %% ../nbs/12_attention.ipynb #a1bf4140
+@capture_init_args
 class TransformerBlock(nn.Module):
     "Pre-norm block: x + SA(LN x), [x + CA(LN x, context)], x + MLP(LN x); GM's signature, MONAI core's names."
     def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, dropout_rate: float = 0.0,
@@ -251,6 +255,14 @@ def _check_rank(x: Tensor, spatial_dims: int) -> None:
         raise ValueError(f"x: got shape {tuple(x.shape)}; expected (B, C) + {spatial_dims} spatial dims")
 
 # %% ../nbs/12_attention.ipynb #37e4aaa3
+def _gm_proj_attn(state_dict: dict, prefix: str, out_proj: nn.Module) -> None:
+    "In place: GM's `proj_attn` (never applied by GM) becomes an identity `attn.out_proj`, or is dropped without one."
+    for p in ("weight", "bias"):
+        old = state_dict.pop(prefix + f"proj_attn.{p}", None)
+        if old is None or not isinstance(out_proj, nn.Linear) or prefix + f"attn.out_proj.{p}" in state_dict: continue
+        eye = torch.eye(*old.shape[-2:], dtype=old.dtype, device=old.device) if p == "weight" else torch.zeros_like(old)
+        state_dict[prefix + f"attn.out_proj.{p}"] = eye
+
 class SpatialAttentionBlock(nn.Module):
     "x + self-attention over the pixels/voxels of GroupNorm(x): (B, C, *spatial) -> same shape."
     def __init__(self, spatial_dims: int, num_channels: int,
@@ -271,8 +283,8 @@ class SpatialAttentionBlock(nn.Module):
         return x + tokens_to_spatial(self.attn(spatial_to_tokens(self.norm(x))), x.shape[2:])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _gm_proj_attn(state_dict, prefix, self.attn.out_proj)  # GM's AttentionBlock: stored, never applied
         names = {f"{n}.{p}": f"attn.{n}.{p}" for n in ("to_q", "to_k", "to_v") for p in ("weight", "bias")}
-        names.update({f"proj_attn.{p}": f"attn.out_proj.{p}" for p in ("weight", "bias")})  # GM's AttentionBlock
         _rename_keys(state_dict, prefix, names)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 import operator
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import _CONV
+from .hub import capture_init_args
 from .inferers import DiffusionInferer, _check_mode, _likelihood, _sample, _takes
 
 # %% auto #0
-__all__ = ['LatentDiffusionInferer']
+__all__ = ['LatentDiffusionInferer', 'SpatialRescalerArgumentError', 'SpatialRescaler']
 
 # %% ../nbs/24_latent_diffusion.ipynb #c65c8ca4
 def _as_shape(name: str, shape: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -159,3 +162,56 @@ def _ldm_get_likelihood(self: LatentDiffusionInferer, inputs: Tensor,  # images 
     return (total, maps) if save_intermediates else total
 
 LatentDiffusionInferer.get_likelihood = _ldm_get_likelihood
+
+# %% ../nbs/24_latent_diffusion.ipynb #f81a198a
+_RESCALE_METHODS = ("nearest", "linear", "bilinear", "trilinear", "bicubic", "area")
+
+class SpatialRescalerArgumentError(ValueError, AssertionError):
+    "A bad SpatialRescaler argument (GM checks these with `assert`: both types catch it)."
+
+def _check_rescaler(spatial_dims, n_stages, size, method, multiplier, in_channels, out_channels) -> None:
+    "GM's checks of SpatialRescaler's arguments (and a resize that names neither `size` nor `multiplier`)."
+    err = SpatialRescalerArgumentError
+    if spatial_dims not in (1, 2, 3): raise err(f"spatial_dims={spatial_dims!r}: expected 1, 2 or 3")
+    if not isinstance(n_stages, int) or isinstance(n_stages, bool) or n_stages < 0:
+        raise err(f"n_stages={n_stages!r}: expected an integer >= 0")
+    if method not in _RESCALE_METHODS: raise err(f"method={method!r}: expected one of {_RESCALE_METHODS}")
+    if size is not None and n_stages != 1: raise err(f"size={size!r}: when size is not None, n_stages should be 1, got {n_stages}")
+    if size is not None and multiplier is not None:
+        raise err(f"size={size!r} and multiplier={multiplier!r}: only one of size or multiplier should be defined")
+    if n_stages > 0 and size is None and multiplier is None:
+        raise err(f"size and multiplier are both None with n_stages={n_stages}: give one of them")
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise err(f"{name}={v!r}: expected a positive integer")
+
+# %% ../nbs/24_latent_diffusion.ipynb #c5191804
+@capture_init_args
+class SpatialRescaler(nn.Module):
+    "GM's SpatialRescaler: optional 1x1 channel map, then `n_stages` interpolations by `multiplier` (or to `size`)."
+    def __init__(self, spatial_dims: int = 2,
+                 n_stages: int = 1,                                     # number of resizes
+                 size: Sequence[int] | int | None = None,               # output spatial size (n_stages must be 1)
+                 method: str = "bilinear",                              # torch.nn.functional.interpolate's mode
+                 multiplier: Sequence[float] | float | None = None,     # scale factor of each resize
+                 in_channels: int = 3,
+                 out_channels: int | None = None,                       # None: no channel map
+                 bias: bool = False) -> None:                           # of the 1x1 convolution
+        super().__init__()
+        _check_rescaler(spatial_dims, n_stages, size, method, multiplier, in_channels, out_channels)
+        self.spatial_dims, self.n_stages, self.method, self.in_channels = spatial_dims, n_stages, method, in_channels
+        self.size, self.multiplier = size, multiplier
+        self.remap_output = out_channels is not None
+        if self.remap_output:
+            self.channel_mapper = nn.Sequential(OrderedDict(conv=_CONV[spatial_dims](in_channels, out_channels, 1, bias=bias)))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, in_channels, *spatial) -> (B, out_channels, *resized)
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x: got shape {tuple(x.shape)}; expected (B, {self.in_channels}) + {self.spatial_dims} spatial dims")
+        if self.remap_output: x = self.channel_mapper(x)
+        for _ in range(self.n_stages): x = F.interpolate(x, size=self.size, scale_factor=self.multiplier, mode=self.method)
+        return x
+
+    def encode(self, x: Tensor) -> Tensor:
+        "Same as forward (GM's name for conditioning encoders)."
+        return self(x)

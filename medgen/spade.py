@@ -79,17 +79,36 @@ class SPADEAutoencoderKL(AutoencoderKL):
                  with_decoder_nonlocal_attn: bool = True, use_flash_attention: bool = False,
                  spade_intermediate_channels: int = 128,  # hidden channels of each SPADE layer
                  *, channels: Sequence[int] | None = None, include_fc: bool = True, use_combined_linear: bool = False,
-                 use_checkpointing: bool = False) -> None:
+                 use_checkpointing: bool = False,
+                 spade_norm_eps: float | None = None) -> None:  # eps of the SPADE group norms; None: norm_eps (MONAI)
         super().__init__(spatial_dims, in_channels, out_channels, num_res_blocks, num_channels, attention_levels,
                          latent_channels, norm_num_groups, norm_eps, with_encoder_nonlocal_attn,
                          with_decoder_nonlocal_attn, use_flash_attention, use_checkpointing, channels=channels,
                          include_fc=include_fc, use_combined_linear=use_combined_linear)
         chs, nrb, att = _aekl_config(spatial_dims, num_channels, num_res_blocks, attention_levels, norm_num_groups, channels)
-        norm = _spade_norm(spatial_dims, label_nc, spade_intermediate_channels, norm_num_groups, norm_eps, affine=False)
+        eps = norm_eps if spade_norm_eps is None else spade_norm_eps
+        norm = _spade_norm(spatial_dims, label_nc, spade_intermediate_channels, norm_num_groups, eps, affine=False)
         self.decoder = AEKLDecoder(spatial_dims, chs, latent_channels, out_channels, nrb, norm_num_groups, norm_eps, att,
                                    with_decoder_nonlocal_attn, include_fc=include_fc,
                                    use_combined_linear=use_combined_linear, res_norm=norm)
         self.label_nc = self.decoder.label_nc = label_nc
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if _gm_aekl_keys(state_dict, prefix): _set_spade_eps(self, 1e-5)  # GM: torch's eps whatever norm_eps says
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+# %% ../nbs/41_spade.ipynb #b9795e64
+def _gm_aekl_keys(state_dict: dict, prefix: str) -> bool:
+    "GM's key names in an autoencoder's state dict: an AttentionBlock's `proj_attn`, or a decoder upsampler's `conv.conv`."
+    keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+    return any(".proj_attn." in k or (k.startswith("decoder.") and ".conv.conv." in k) for k in keys)
+
+def _set_spade_eps(model: nn.Module, eps: float) -> None:
+    "Set the eps of every SPADE layer's group norm, and record it as `spade_norm_eps` for save_pretrained."
+    for m in model.modules():
+        if isinstance(m, SPADE) and isinstance(m.param_free_norm, nn.GroupNorm): m.param_free_norm.eps = eps
+    args = model.__dict__.get("_init_args", (None, None))[1]
+    if args is not None: args["spade_norm_eps"] = eps
 
 # %% ../nbs/41_spade.ipynb #d839260d
 def _spade_decode(self: SPADEAutoencoderKL, z: Tensor,  # (B, latent_channels, *latent_spatial)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialAttentionBlock, SpatialTransformer, conv_nd, zero_module
+from .hub import capture_init_args
 
 # %% auto #0
 __all__ = ['get_timestep_embedding', 'DiffusionUNetResnetBlock', 'UNetDownsample', 'UNetUpsample', 'UNetDownBlock', 'UNetUpBlock',
@@ -358,6 +359,7 @@ def _unet_forward(net: nn.Module, x: Tensor, timesteps: Tensor, context: Tensor 
         h, skips = block(h, skips[-n:], emb, context, *cond), skips[:-n]
     return net.out(h)
 
+@capture_init_args
 class DiffusionModelUNet(nn.Module):
     "UNet denoiser eps_theta(x_t, t [, class, context]) of GM/MONAI, 1D/2D/3D; loads GM and MONAI core checkpoints."
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
@@ -434,6 +436,7 @@ def _grid_from_checkpoint(enc: nn.Module, weight: Tensor | None) -> None:
                                           "equal-sided grid; pass input_shape to the constructor")
 
 # %% ../nbs/13_diffusion_unet.ipynb #90d5ca1c
+@capture_init_args
 class DiffusionModelEncoder(nn.Module):
     "Classifier of noisy images from the UNet's encoder (Wolleb et al., 2022); GM/MONAI signature, any input size."
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,

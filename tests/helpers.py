@@ -1,4 +1,4 @@
-"Shared test helpers: GM's checkpoint key names, seeded weights, a free TCP port for process groups."
+"Shared test helpers: GM's checkpoint key names and computation, seeded weights, a free TCP port for process groups."
 import socket
 
 import torch
@@ -14,6 +14,21 @@ def to_gm(sd: dict) -> dict:
         elif ".attn.to_" in k: k = k.replace(".attn.to_", ".to_")
         out[k.replace(".postconv.", ".conv.")] = v
     return out
+
+
+def gm_reference(core: torch.nn.Module, spade_eps: bool = False) -> torch.nn.Module:
+    """In place, a MONAI core network made to compute what GM 0.2.3 computes with the same weights: GM's AttentionBlock
+    never applies its `proj_attn` (so MONAI's `attn.out_proj` of each SpatialAttentionBlock becomes the identity), and
+    GM's SPADE autoencoder normalises with torch's eps 1e-5 (`spade_eps`). Call it after taking `to_gm(state_dict)`."""
+    with torch.no_grad():
+        for m in core.modules():
+            out_proj = getattr(getattr(m, "attn", None), "out_proj", None)
+            if type(m).__name__ == "SpatialAttentionBlock" and isinstance(out_proj, torch.nn.Linear):
+                out_proj.weight.copy_(torch.eye(*out_proj.weight.shape)); out_proj.bias.zero_()
+            if spade_eps and type(m).__name__ == "SPADE":
+                for n in m.param_free_norm.modules():
+                    if isinstance(n, torch.nn.GroupNorm): n.eps = 1e-5
+    return core
 
 
 def randomize(m: torch.nn.Module, seed: int = 0, std: float = 0.2, eval: bool = True) -> torch.nn.Module:

@@ -63,7 +63,10 @@ def test_spatial_blocks(sd):
     core = randomize(CoreSpatial(sd, 32, 8, norm_num_groups=8))
     assert diff(core, SpatialAttentionBlock(sd, 32, 8, norm_num_groups=8), x) <= TOL
     gm = {k.replace("attn.", "").replace("out_proj.", "proj_attn."): v for k, v in core.state_dict().items()}
-    assert diff(core, SpatialAttentionBlock(sd, 32, 8, norm_num_groups=8), x, state_dict=gm) <= TOL
+    core_gm = randomize(CoreSpatial(sd, 32, 8, norm_num_groups=8))  # same weights; GM never applies proj_attn
+    with torch.no_grad(): core_gm.attn.out_proj.weight.copy_(torch.eye(32)); core_gm.attn.out_proj.bias.zero_()
+    assert diff(core_gm, SpatialAttentionBlock(sd, 32, 8, norm_num_groups=8), x, state_dict=gm) <= TOL
+    assert diff(core, SpatialAttentionBlock(sd, 32, 8, norm_num_groups=8), x, state_dict=gm) > 1e-3
     kw = dict(spatial_dims=sd, in_channels=32, num_attention_heads=4, num_head_channels=4, num_layers=2, norm_num_groups=8,
               cross_attention_dim=12, upcast_attention=True)
     core = randomize(CoreSpatialTransformer(**kw))

@@ -18,7 +18,7 @@ from medgen.autoencoderkl import (AEKLDownsample, AEKLResBlock, AEKLTransposedUp
 from medgen.hub import from_pretrained, save_pretrained
 from medgen.training import kl_divergence
 from medgen.unet import UNetUpsample
-from helpers import to_gm
+from helpers import gm_reference, to_gm
 from helpers import randomize as _randomize
 
 randomize = partial(_randomize, std=0.1)
@@ -120,6 +120,7 @@ def test_gm_checkpoint(sd):
     with contextlib.redirect_stdout(io.StringIO()): back.load_old_state_dict(dict(gm))
     for k, v in core.state_dict().items(): assert torch.equal(back.state_dict()[k], v), k
     x = torch.randn(2, 2, *[8] * sd)
+    gm_reference(core)  # GM never applies proj_attn: the reference computes as GM
     for load in ("load_state_dict", "load_old_state_dict"):
         ours = AutoencoderKL(sd, 2, 2, **kw)
         getattr(ours, load)(dict(gm))

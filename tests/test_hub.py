@@ -182,3 +182,25 @@ def _module_level(body):
         elif isinstance(node, (ast.If, ast.Try, ast.With, ast.ClassDef)):
             for field in ("body", "orelse", "finalbody"): yield from _module_level(getattr(node, field, []))
             for h in getattr(node, "handlers", []): yield from _module_level(h.body)
+
+
+# ---- every public network round-trips through save_pretrained / from_pretrained (GM's and MONAI core's names)
+def _check_install():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "check_install.py"
+    spec = importlib.util.spec_from_file_location("check_install", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_CHECK = _check_install()
+
+
+@pytest.mark.parametrize("ident,cls_name,kwargs,inputs", [pytest.param(*s, id=s[0]) for s in _CHECK.network_specs()])
+def test_every_network_round_trips(tmp_path, one_thread, ident, cls_name, kwargs, inputs):
+    n, diff = _CHECK.round_trip(cls_name, kwargs, inputs, tmp_path / ident)
+    assert n >= 1 and diff == 0.0
+    cfg = json.loads((tmp_path / ident / CONFIG_NAME).read_text())
+    assert cfg["class"] == cls_name and cfg["module"].startswith("medgen.")

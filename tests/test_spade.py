@@ -20,7 +20,7 @@ from medgen.latent_diffusion import LatentDiffusionInferer
 from medgen.schedulers import DDPMScheduler
 from medgen.spade import SPADE, SPADEAutoencoderKL, SPADEDiffusionModelUNet, SPADENet, _spade_norm
 from medgen.unet import DiffusionModelUNet, DiffusionUNetResnetBlock
-from helpers import to_gm
+from helpers import gm_reference, to_gm
 from helpers import randomize as _randomize
 
 randomize = partial(_randomize, std=0.1)
@@ -168,6 +168,7 @@ def test_ae_gm_checkpoint_and_monai_names(sd):
     core = randomize(CoreAE(sd, 3, 1, 2, **core_names(kw)))
     gm = to_gm(core.state_dict())
     assert any(".proj_attn." in k for k in gm) and any(k.startswith("decoder") and ".conv.conv." in k for k in gm)
+    gm_reference(core, spade_eps=True)  # GM: proj_attn unused, SPADE group norms with torch's eps
     for load in ("load_state_dict", "load_old_state_dict"):
         ours = SPADEAutoencoderKL(sd, 3, 1, 2, **core_names(kw)).eval()  # MONAI core's `channels`
         getattr(ours, load)(dict(gm))
@@ -281,6 +282,7 @@ def test_unet_gm_checkpoint_and_structure():
     assert any(".to_out.0." in k for k in gm) and any(".conv.conv." in k for k in gm)
     gm = {k.replace("param_free_norm.", "param_free_norm.N."): v for k, v in gm.items()}  # GM's ADN-wrapped norms
     assert any("param_free_norm.N.weight" in k for k in gm)
+    gm_reference(core)
     for load in ("load_state_dict", "load_old_state_dict"):
         ours = SPADEDiffusionModelUNet(2, 2, 2, 3, **kw).eval()
         getattr(ours, load)(dict(gm))

@@ -9,7 +9,7 @@ from monai.networks.nets import DiffusionModelUNet as CoreUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionModelEncoder as CoreEncoder
 
 from medgen.unet import DiffusionModelEncoder, DiffusionModelUNet
-from helpers import to_gm
+from helpers import gm_reference, to_gm
 from helpers import randomize as _randomize
 
 randomize = partial(_randomize, std=0.2)
@@ -82,8 +82,9 @@ def test_gm_state_dict(name):
     check = CoreUNet(**core_names(kw))  # MONAI core's own converter accepts the GM key set ...
     with contextlib.redirect_stdout(io.StringIO()): check.load_old_state_dict(dict(gm))
     assert all(torch.equal(v, core.state_dict()[k]) for k, v in check.state_dict().items())
-    ours = DiffusionModelUNet(**kw)  # ... and medgen loads it with a plain load_state_dict
+    ours = DiffusionModelUNet(**kw)  # ... and medgen loads it with a plain load_state_dict, computing as GM does
     ours.load_state_dict(gm)
+    gm_reference(core)
     x, t, extra = inputs(2, kw)
     assert max_diff(core, ours, x, t, **extra) <= TOL
 
