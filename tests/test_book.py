@@ -130,3 +130,10 @@ def test_no_injected_parameters_cell(nb):
     "`book.py execute --inplace` drops papermill's injected cell: the book shows the parameters cell once."
     cells = json.loads(nb.read_text())["cells"]
     assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells), nb.name
+
+
+def test_index_chapter_table_is_generated_from_the_sidebar():
+    assert not book.write_index_table(write=False), "run `python tools/book.py sidebar` (index table is stale)"
+    readme = (ROOT / "README.md").read_text()
+    for nb in book.book_notebooks()[1:]:  # every chapter linked to its page
+        assert f"[`{Path(nb).stem}`]({book.SITE_URL}{book.published_name(nb)}.html)" in readme, nb

@@ -59,3 +59,56 @@ def test_chapter_page(site, nb):
 @pytest.mark.parametrize("nb", [nb for nb in book.book_notebooks() if nb[:2] in {"01", "02"}])
 def test_data_chapters_have_figures(site, nb):
     assert site[1]["pages"][nb]["figures"] >= 3, f"{nb} should show each kind of data in a figure"
+
+
+# ---------------------------------------------------------------- the pages as a reader meets them, offline
+@pytest.fixture(scope="session")
+def reader(site):
+    "Every built page opened in one headless Chromium with no network (Debian's `chromium`), after MathJax ran."
+    import shutil
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("Debian's `chromium` is not installed (tools/setup.sh installs it where apt-get works): "
+                    "the offline reading checks of the preview are skipped")
+    return book.audit_site(site[0] / "site")
+
+
+PAGES = [Path(nb).with_suffix(".html").name for nb in book.book_notebooks()]
+
+
+def test_pages_need_no_network(reader):
+    assert not reader["network"], f"pages ask the network for {sorted(set(reader['network']))[:5]}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_math_is_typeset(reader, page):
+    r = reader["pages"][page]
+    assert r["mathjax"] == "typeset", f"{page}: MathJax {r['mathjax']}"
+    assert not r["tex"], f"{page}: {len(r['tex'])} formulas left as raw TeX, e.g. {r['tex'][:3]}"
+    src = (ROOT / "nbs" / page.replace(".html", ".ipynb")).read_text()
+    if re.search(r"\$[^$\n]+\$", src): assert r["math"] > 0, f"{page}: the notebook has math, the page shows none"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_code_scrolls_instead_of_clipping(reader, page):
+    r = reader["pages"][page]
+    assert not r["clipped"], f"{page}: {len(r['clipped'])} code blocks cut off, e.g. {r['clipped'][:2]}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_images_have_alt_text(reader, page):
+    r = reader["pages"][page]
+    assert not r["placeholder_alt"], f"{page}: {len(r['placeholder_alt'])} of {len(r['imgs'])} images without alt text"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_stay_in_the_book(reader, page):
+    r = reader["pages"][page]
+    assert not r["leaves_book"], f"{page}: links to the published site instead of the local page: {r['leaves_book'][:3]}"
+    assert not r["unresolved"], f"{page}: local links to no page or no anchor: {r['unresolved'][:5]}"
+
+
+def test_index_links_every_chapter(reader):
+    links = reader["pages"]["index.html"]["links"]
+    main = [h.split("#")[0] for h in links]
+    for page in PAGES[1:]:
+        assert main.count(page) >= 2, f"the index's chapter table does not link {page}"  # sidebar + table

@@ -29,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 BUILD = ROOT / "_build"
+SITE_URL = "https://medgen-book.github.io/medgen/"
+COLAB = "https://colab.research.google.com/github/medgen-book/medgen/blob/main/nbs/"
+PLACEHOLDER_ALT = "No description has been provided for this image"
 
 
 # ---------------------------------------------------------------- the book's table of contents
@@ -67,6 +70,59 @@ def write_sidebar(nbs: Path = NBS) -> bool:
     return new != text
 
 
+def _module_of(nb: Path) -> str:
+    "`medgen.<default_exp>` of a notebook, or `medgen` for the package's `__init__`."
+    for c in json.loads(nb.read_text())["cells"]:
+        m = re.search(r"^#\|\s*default_exp\s+(\S+)", "".join(c["source"]), re.M)
+        if m: return "medgen" if m.group(1) in ("core", "__init__") else f"medgen.{m.group(1)}"
+    return ""
+
+
+def _lead(nb: Path) -> str:
+    "The first sentence of a chapter's lead (the `> ...` line under its title)."
+    for c in json.loads(nb.read_text())["cells"]:
+        m = re.search(r"^>\s*(.+)$", "".join(c["source"]), re.M)
+        if c["cell_type"] == "markdown" and m: return re.split(r"(?<=[.;])\s", m.group(1).strip())[0].rstrip(".;")
+    return ""
+
+
+_TABLE_HEAD = "| part | notebook | module | what it teaches |\n|---|---|---|---|\n"
+
+
+def chapter_table(nbs: Path = NBS, teaches: dict[str, str] | None = None) -> str:
+    "The index's chapter table from the sidebar: every chapter linked (its page on the site), module, what it teaches."
+    teaches = teaches or {}
+    rows = []
+    for part, chapters in book_parts(nbs)[1:]:
+        for k, nb in enumerate(chapters):
+            stem = Path(nb).stem
+            label = part.replace("Part ", "") if k == 0 else ""
+            what = teaches.get(stem) or _lead(nbs / nb).replace("|", "\\|")
+            rows.append(f"| {label} | [`{stem}`]({SITE_URL}{published_name(nb)}.html) | `{_module_of(nbs / nb)}` | {what} |")
+    return _TABLE_HEAD + "\n".join(rows) + "\n"
+
+
+def write_index_table(nbs: Path = NBS, write: bool = True) -> bool:
+    "Rewrite the chapter table of `nbs/index.ipynb` from the sidebar (keeping each row's 'what it teaches'); True if changed."
+    path = nbs / "index.ipynb"
+    d = json.loads(path.read_text())
+    for c in d["cells"]:
+        src = "".join(c["source"])
+        m = re.search(r"^\| part \|.*\n(?:\|.*(?:\n|$))+", src, re.M)
+        if c["cell_type"] != "markdown" or not src.startswith("## The chapters") or not m: continue
+        teaches = {}
+        for row in m.group(0).splitlines()[2:]:
+            cols = [x.strip() for x in re.split(r"(?<!\\)\|", row)[1:-1]]
+            name = re.search(r"`(\d\d_\w+)`", cols[1]) if len(cols) == 4 else None
+            if name: teaches[name.group(1)] = cols[3]
+        new = src[:m.start()] + chapter_table(nbs, teaches) + src[m.end():].lstrip("\n").join(["\n", ""])
+        if new == src or not write: return new != src
+        c["source"] = new.splitlines(keepends=True)
+        path.write_text(json.dumps(d, indent=1, ensure_ascii=False) + "\n")
+        return True
+    raise ValueError(f"{path}: no '## The chapters' cell with a '| part |' table")
+
+
 def book_notebooks(nbs: Path = NBS) -> list[str]:
     "Every notebook in the sidebar, in reading order."
     return [nb for _, nbs_ in book_parts(nbs) for nb in nbs_]
@@ -83,6 +139,8 @@ def _execute_one(args: tuple[str, str, str, int]) -> tuple[str, float, str]:
     src, dst, profile, timeout = args
     import papermill as pm
     os.environ.pop("MPLBACKEND", None)  # the kernel must use its inline backend, or figures are not saved
+    os.environ["MEDGEN_BOOK_BUILD"] = "1"  # no live front end: widgets (the slice viewer) draw their static fallback
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' weight-loading bars would be stored as dead widgets
     t0 = time.time()
     params = {"profile": profile} if has_parameters(Path(src)) else {}
     try:
@@ -131,25 +189,8 @@ def _proc(src: Path) -> Path:
     import nbdev.doclinks
     refresh_quarto_yml()
     nbdev.doclinks._build_modidx()
-    return proc_nbs(str(src), n_workers=0, force=True)
-
-
-_CSS = """body{margin:0;font-family:system-ui,sans-serif}
-nav.book{position:fixed;top:0;left:0;bottom:0;width:15rem;overflow:auto;background:#f6f7f9;padding:1rem;font-size:.9rem}
-nav.book h3{font-size:.8rem;text-transform:uppercase;color:#666;margin:1rem 0 .3rem}
-nav.book a{display:block;color:#234;text-decoration:none;padding:.1rem 0} nav.book a.here{font-weight:bold}
-main.book{margin-left:17rem;max-width:60rem;padding:1rem}"""
-
-
-def _nav(parts, titles: dict[str, str], here: str) -> str:
-    out = ['<nav class="book"><a href="index.html"><b>medgen</b></a>']
-    for part, nbs in parts:
-        if part: out.append(f"<h3>{html.escape(part)}</h3>")
-        for nb in nbs:
-            page = Path(nb).with_suffix(".html").name
-            cls = ' class="here"' if page == here else ""
-            out.append(f'<a{cls} href="{page}">{html.escape(titles.get(nb, nb))}</a>')
-    return "\n".join(out + ["</nav>"])
+    only = "^(" + "|".join(re.escape(nb) for nb in book_notebooks(NBS)) + ")$"  # the sidebar's: not drafts beside them
+    return proc_nbs(str(src), n_workers=0, force=True, file_re=only)
 
 
 def _title(nb: dict, default: str) -> str:
@@ -177,9 +218,124 @@ def _figures(nb: dict, dest: Path) -> list[Path]:
     return files
 
 
+
+
+def published_name(nb: str) -> str:
+    "The page name of a notebook on the published site: nbdev drops the `NN_` prefix (`13_diffusion_unet` -> `diffusion_unet`)."
+    return re.sub(r"^\d+_", "", Path(nb).stem)
+
+
+def _mathjax_dir() -> Path:
+    "MathJax 2.7 as shipped inside the `jupyter-server-mathjax` package (a dev dependency): the site's offline math."
+    try:
+        import jupyter_server_mathjax
+    except ImportError as e:
+        raise SystemExit("the preview ships MathJax from the `jupyter-server-mathjax` package: "
+                         'pip install -e ".[dev]"') from e
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def _copy_mathjax(out: Path):
+    "Copy MathJax (core, TeX input, HTML-CSS output, STIX-Web fonts; English only) into `out/mathjax`."
+    src = _mathjax_dir()
+    shutil.copytree(src, out / "mathjax", ignore=lambda d, names: [n for n in names if Path(d).name == "localization"
+                                                                   and n != "en"])
+    # A page opened from disk (file://) may not load web fonts from other files (Chromium: CORS), and MathJax
+    # would fall back to glyphs from whatever fonts are installed: hand it the STIX-Web fonts as data: URLs.
+    woff = {f.stem: base64.b64encode(f.read_bytes()).decode()
+            for f in sorted((src / "fonts/HTML-CSS/STIX-Web/woff").glob("*.woff"))}
+    (out / "mathjax" / "stix-web-woff.js").write_text("var MEDGEN_WOFF = " + json.dumps(woff) + ";\n" + _FONT_HOOK)
+
+
+_FONT_HOOK = """MathJax.Hub.Register.StartupHook("HTML-CSS Jax Ready", function () {
+  var font = MathJax.OutputJax["HTML-CSS"].Font, face = font.fontFace;
+  font.fontFace = function () {
+    var rule = face.apply(this, arguments), m = /([A-Za-z0-9_-]+)\\.woff/.exec(rule.src || "");
+    if (m && MEDGEN_WOFF[m[1]]) rule.src = "url(data:font/woff;base64," + MEDGEN_WOFF[m[1]] + ") format('woff')";
+    return rule;
+  };
+});
+"""
+
+
+_MATHJAX = """<script type="text/x-mathjax-config">
+MathJax.Hub.Config({
+  tex2jax: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]], displayMath: [["$$", "$$"], ["\\\\[", "\\\\]"]],
+            processEscapes: true, processEnvironments: true, skipTags: ["script", "noscript", "style", "textarea", "pre", "code"]},
+  TeX: {extensions: ["AMSmath.js", "AMSsymbols.js", "noErrors.js", "noUndefined.js"], equationNumbers: {autoNumber: "none"}},
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
+  showMathMenu: false, messageStyle: "none", displayAlign: "center"
+});
+</script>
+<script src="mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"></script>
+<script src="mathjax/stix-web-woff.js"></script>"""
+
+# ---- figures: Quarto's `label: fig-*`, `fig-cap`, `fig-alt` cell options, rendered as Quarto renders them
+_IMG_MIMES = (("image/png", "png"), ("image/jpeg", "jpeg"), ("image/svg+xml", "svg"))
+
+
+def _cell_options(src: str) -> dict:
+    "The `#| key: value` options of a cell (YAML values, so quoted captions keep their colons)."
+    import yaml
+    opts = {}
+    for ln in src.splitlines():
+        if not ln.startswith("#|"): continue
+        try: val = yaml.safe_load(ln[2:].strip())
+        except yaml.YAMLError: continue
+        if isinstance(val, dict): opts.update(val)
+    return opts
+
+
+def _plain(md: str) -> str:
+    "Markdown/TeX caption -> plain text for alt attributes."
+    t = re.sub(r"`([^`]*)`", r"\1", md)
+    t = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", t)
+    t = re.sub(r"[*_]{1,2}([^*_]+)[*_]{1,2}", r"\1", t)
+    return re.sub(r"\s+", " ", t.replace("$", "")).strip()
+
+
+def _fallback_alt(src: str, heading: str, chapter: str) -> str:
+    "Alt text for a figure without `fig-alt`/`fig-cap`: its titles in the code, else the section it is in."
+    titles = re.findall(r"""(?:set_title|suptitle|title)\s*\(\s*f?["']([^"'{}]{3,})["']""", src)
+    titles += re.findall(r"""title\s*=\s*f?["']([^"'{}]{3,})["']""", src)
+    if titles: return "Figure: " + "; ".join(dict.fromkeys(titles))[:300]
+    return f"Figure of the section “{heading or chapter}” in the chapter “{chapter}”"
+
+
+def _img_html(data: dict, meta: dict, alt: str) -> str:
+    for mime, ext in _IMG_MIMES:
+        if mime not in data: continue
+        raw = data[mime] if isinstance(data[mime], str) else "".join(data[mime])
+        if ext == "svg": raw = base64.b64encode(raw.encode()).decode()
+        m = meta.get(mime, {}) if isinstance(meta.get(mime), dict) else {}
+        size = "".join(f' {k}="{int(m[k])}"' for k in ("width", "height") if k in m)
+        return f'<img src="data:{mime if ext != "svg" else "image/svg+xml"};base64,{raw.strip()}" alt="{html.escape(alt)}"{size}>'
+    return ""
+
+
+def _md_inline(md: str) -> str:
+    from markdown_it import MarkdownIt
+    return MarkdownIt("commonmark").renderInline(md)
+
+
+_STAR_ARG = re.compile(r"(?:(?<=\()|(?<=, )|(?<=\[))\*(?=(?:spatial|shape|args|kwargs|dims|size)\b)")
+
+
+def _escape_stars(md: str) -> str:
+    "`(B, C, *spatial)` outside code and math: escape the star, or markdown opens an emphasis there."
+    parts = re.split(r"(`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$)", md, flags=re.S)
+    return "".join(p if i % 2 else _STAR_ARG.sub(r"\\*", p) for i, p in enumerate(parts))
+
+
+def _collapse_cr(text: str) -> str:
+    "A progress bar's stream as a terminal shows it: each line keeps what came after its last carriage return."
+    return "\n".join(ln.rsplit("\r", 1)[-1] for ln in re.sub(r"\r+\n", "\n", text).split("\n"))
+
+
 _CELL_KEYS = {"cell_type", "metadata", "source", "outputs", "execution_count", "id", "attachments"}
 _FM = re.compile(r"\A\s*---\n(.*?)\n---\s*", re.S)
 _QUARTO_ATTR = re.compile(r"\{(?:target|style|\.)[^{}\n]*\}")
+_FIG_REF = re.compile(r"(?<![\w@])@(fig-[\w-]*\w)")
 
 
 def _render_front_matter(md: str) -> str:
@@ -193,10 +349,57 @@ def _render_front_matter(md: str) -> str:
     return head + md[m.end():]
 
 
+def _chapter_number(nb: str) -> int | None:
+    m = re.match(r"(\d+)_", Path(nb).name)
+    return int(m.group(1)) if m else None
+
+
+def _figure_numbers(cells: list, number: int | None) -> dict[str, str]:
+    "`label: fig-*` cells in order -> 'N.k' (chapter N, k-th figure), as Quarto numbers a book's figures."
+    labels = [str(_cell_options("".join(c["source"])).get("label", "")) for c in cells if c["cell_type"] == "code"]
+    labels = [lab for lab in labels if lab.startswith("fig-")]
+    return {lab: (f"{number}.{k}" if number is not None else str(k)) for k, lab in enumerate(labels, 1)}
+
+
+def _figure_outputs(c: dict, opts: dict, figs: dict, heading: str, chapter: str):
+    "Give each image output of a cell its alt text, and the cell's caption (numbered when labelled) to the last one."
+    src = "".join(c["source"])
+    label = str(opts.get("label", ""))
+    cap = opts.get("fig-cap")
+    alt = str(opts.get("fig-alt") or (_plain(str(cap)) if cap else "") or _fallback_alt(src, heading, chapter))
+    with_img = [o for o in c.get("outputs", []) if any(m in o.get("data", {}) for m, _ in _IMG_MIMES)]
+    for i, o in enumerate(with_img):
+        img = _img_html(o["data"], o.get("metadata", {}), alt)
+        fid = f' id="{html.escape(label)}"' if label and i == 0 else ""
+        caption = ""
+        if cap and i == len(with_img) - 1:
+            num = f"Figure {figs[label]}: " if label in figs else ""
+            caption = f'<figcaption><span class="fig-num">{num}</span>{_md_inline(str(cap))}</figcaption>'
+        o["data"]["text/html"] = f'<figure class="book-figure"{fid}>{img}{caption}</figure>'
+
+
+def _clean_outputs(c: dict):
+    "Progress bars as text; widgets (which a static page cannot run) dropped."
+    keep = []
+    for o in c.get("outputs", []):
+        if o.get("output_type") == "stream":
+            o["text"] = _collapse_cr("".join(o["text"]))
+            if not o["text"].strip(): continue
+        data = o.get("data", {})
+        if "application/vnd.jupyter.widget-view+json" in data:
+            data.pop("application/vnd.jupyter.widget-view+json")
+            if set(data) <= {"text/plain"}: continue  # a widget's repr ('interactive(children=...', '0%|...') says nothing
+        keep.append(o)
+    c["outputs"] = keep
+
+
 def _read_clean(path: Path):
-    "A processed notebook made valid for nbconvert and shown as Quarto would: front matter, echo: false, attributes."
+    "A processed notebook made valid for nbconvert and shown as Quarto would: front matter, echo: false, figures."
     import nbformat
     d = json.loads(path.read_text())
+    d.get("metadata", {}).pop("widgets", None)
+    figs = _figure_numbers(d["cells"], _chapter_number(path.name))
+    chapter, heading = "", ""
     for c in d["cells"]:
         for k in set(c) - _CELL_KEYS: del c[k]
         c["metadata"] = {k: v for k, v in c.get("metadata", {}).items() if k in ("tags", "collapsed", "scrolled")}
@@ -204,45 +407,444 @@ def _read_clean(path: Path):
         if c["cell_type"] == "raw" and _FM.match(src): c["cell_type"] = "markdown"  # Quarto front matter
         if c["cell_type"] == "markdown":
             c.pop("outputs", None); c.pop("execution_count", None)
-            c["source"] = _QUARTO_ATTR.sub("", _render_front_matter(src))
+            md = _QUARTO_ATTR.sub("", _render_front_matter(src))
+            md = _FIG_REF.sub(lambda m: f"[Figure {figs[m.group(1)]}](#{m.group(1)})" if m.group(1) in figs
+                              else m.group(0), md)
+            c["source"] = _escape_stars(md)
+            for lvl, text in re.findall(r"^(#{1,3})\s+(.+)$", md, re.M):
+                if lvl == "#" and not chapter: chapter = text.strip()
+                heading = text.strip()
             continue
         lines = src.splitlines()
-        dirs = [ln for ln in lines if ln.startswith("#| ")]
-        if any(ln.replace(" ", "") in ("#|echo:false", "#|output:asis") for ln in dirs):
+        opts = _cell_options(src)
+        if opts.get("echo") is False or opts.get("output") == "asis":
             c["metadata"].setdefault("tags", []).append("remove_input")
         c["source"] = "\n".join(ln for ln in lines if not ln.startswith("#| "))
+        _clean_outputs(c)
         for o in c.get("outputs", []):
             md = o.get("data", {}).get("text/markdown")
-            if md is not None: o["data"]["text/markdown"] = _QUARTO_ATTR.sub("", "".join(md))
+            if md is not None: o["data"]["text/markdown"] = _escape_stars(_QUARTO_ATTR.sub("", "".join(md)))
+        _figure_outputs(c, opts, figs, heading, chapter or path.stem)
     return nbformat.reads(json.dumps(d), as_version=4)
 
 
+# ---- the page around a chapter: navigation, contents, search, Colab, previous/next
+_CSS = """body{margin:0;font-family:system-ui,sans-serif}
+nav.book{position:fixed;top:0;left:0;bottom:0;width:15rem;overflow:auto;background:#f6f7f9;padding:1rem;font-size:.9rem;box-sizing:border-box}
+nav.book h3{font-size:.8rem;text-transform:uppercase;color:#666;margin:1rem 0 .3rem}
+nav.book a{display:block;color:#234;text-decoration:none;padding:.1rem 0} nav.book a.here{font-weight:bold}
+main.book{margin-left:16rem;margin-right:15rem;max-width:62rem;padding:1rem 1.5rem;box-sizing:border-box}
+aside.toc{position:fixed;top:0;right:0;bottom:0;width:14rem;overflow:auto;padding:1rem;font-size:.82rem;box-sizing:border-box;border-left:1px solid #eee}
+aside.toc a{display:block;color:#345;text-decoration:none;padding:.12rem 0} aside.toc a.h3{padding-left:.8rem;color:#567}
+aside.toc h4, nav.book h4{margin:.2rem 0 .5rem;font-size:.85rem}
+@media (max-width:1300px){aside.toc{position:static;width:auto;border:0;border-bottom:1px solid #eee;margin-left:16rem}
+ main.book{margin-right:0}}
+.book-top{display:flex;gap:1rem;align-items:center;justify-content:flex-end;margin:.2rem 0 .5rem}
+a.colab{display:inline-block;background:#444;color:#fff;border-radius:4px;padding:.15rem .55rem;font-size:.8rem;text-decoration:none}
+a.colab b{color:#f9ab00}
+.book-pager{display:flex;justify-content:space-between;gap:1rem;border-top:1px solid #ddd;margin-top:2rem;padding-top:1rem}
+.book-pager a{text-decoration:none;max-width:48%} .book-pager small{display:block;color:#777}
+#book-search{width:100%;box-sizing:border-box;padding:.3rem;margin:.4rem 0;font-size:.85rem}
+#book-hits{list-style:none;padding:0;margin:0 0 .5rem} #book-hits li{margin:.25rem 0;font-size:.8rem}
+#book-hits small{display:block;color:#777}
+/* code boxes scroll instead of cutting lines off; no In[ ]/Out[ ] columns (Quarto shows none) */
+.jp-InputPrompt,.jp-OutputPrompt{display:none!important}
+.jp-InputArea-editor,.jp-OutputArea-output,.jp-RenderedText,.jp-Cell-inputWrapper,.jp-Cell-outputWrapper{overflow-x:auto!important;min-width:0}
+.jp-InputArea,.jp-OutputArea-child,.jp-Cell{min-width:0;max-width:100%}
+.highlight pre,.jp-RenderedText pre,.jp-OutputArea-output pre{overflow-x:auto!important;white-space:pre}
+.jp-RenderedHTMLCommon pre{overflow-x:auto}
+/* symbol tables: the meaning column gets the room, math stays on its line */
+.jp-RenderedHTMLCommon table{table-layout:auto;width:100%;display:block;overflow-x:auto}
+.jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{text-align:left!important;vertical-align:top;max-width:none}
+.jp-RenderedHTMLCommon td:last-child{min-width:16rem}
+.jp-RenderedHTMLCommon td:first-child{white-space:nowrap}
+figure.book-figure{margin:.5rem 0 1rem} figure.book-figure img{max-width:100%;height:auto}
+figure.book-figure figcaption{font-size:.9rem;color:#333;margin-top:.3rem;max-width:48rem}
+.fig-num{font-weight:600}
+"""
+
+_JS = r"""(function () {
+  var box = document.getElementById('book-search'), hits = document.getElementById('book-hits');
+  if (!box || !window.BOOK_INDEX) return;
+  function esc(s) { return s.replace(/[&<>"]/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]; }); }
+  box.addEventListener('input', function () {
+    var words = box.value.toLowerCase().split(/\s+/).filter(function (w) { return w.length > 1; });
+    hits.innerHTML = '';
+    if (!words.length) return;
+    var scored = [];
+    BOOK_INDEX.forEach(function (s) {
+      var t = s.t.toLowerCase(), x = s.x.toLowerCase(), score = 0;
+      for (var i = 0; i < words.length; i++) {
+        var inT = t.indexOf(words[i]) >= 0, inX = x.indexOf(words[i]) >= 0;
+        if (!inT && !inX) return;
+        score += (inT ? 10 : 0) + (inX ? 1 : 0);
+      }
+      scored.push([score, s]);
+    });
+    scored.sort(function (a, b) { return b[0] - a[0]; });
+    scored.slice(0, 15).forEach(function (p) {
+      var s = p[1], li = document.createElement('li'), k = s.x.toLowerCase().indexOf(words[0]);
+      var snip = k >= 0 ? s.x.slice(Math.max(0, k - 40), k + 80) : s.x.slice(0, 100);
+      li.innerHTML = '<a href="' + s.p + (s.a ? '#' + s.a : '') + '">' + esc(s.t) + '</a><small>' + esc(s.c) + ' · …' + esc(snip) + '…</small>';
+      hits.appendChild(li);
+    });
+    if (!scored.length) hits.innerHTML = '<li><small>no match</small></li>';
+  });
+})();
+"""
+
+
+def _text(fragment: str) -> str:
+    "Visible text of an HTML fragment (tags, scripts, styles and code dropped)."
+    t = re.sub(r"<(script|style|pre)\b.*?</\1>", " ", fragment, flags=re.S | re.I)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", t))).strip()
+
+
+_HEAD = re.compile(r'<h([1-4]) id="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
+
+
+def _anchor_aliases(body: str) -> str:
+    "Ids for `class Name`, `def name(` and `Name.method` in the shown source: where links to symbols without a doc heading land."
+    lower = {i.lower() for i in re.findall(r'\sid="([^"]+)"', body)}
+    blocks = body.split('<div class="highlight">')
+    for k in range(1, len(blocks)):
+        cls = ""
+
+        def define(m):
+            nonlocal cls
+            name = m.group(2).lower()
+            if m.group(1) == "nc": cls = name
+            ids = [i for i in dict.fromkeys([name] + ([f"{cls}.{name}"] if cls and m.group(1) != "nc" else []))
+                   if i not in lower]
+            lower.update(ids)
+            return "".join(f'<span id="{html.escape(i)}"></span>' for i in ids) + m.group(0)
+        blocks[k] = re.sub(r'<span class="(nf|nc|fm)">(\w+)</span>', define, blocks[k])
+    return '<div class="highlight">'.join(blocks)
+
+
+def _toc(body: str) -> str:
+    items = []
+    for lvl, hid, inner in _HEAD.findall(body):
+        if lvl in "23":
+            items.append(f'<a class="h{lvl}" href="#{hid}">{html.escape(_text(inner).rstrip("¶ ").strip())}</a>')
+    return '<aside class="toc"><h4>On this page</h4>' + "\n".join(items) + "</aside>" if items else ""
+
+
+def _sections(body: str, page: str, chapter: str) -> list[dict]:
+    "Search entries: one per heading (title, anchor, text up to the next heading)."
+    main = body.split('<main class="book">', 1)[-1]
+    out, marks = [], list(_HEAD.finditer(main))
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(main)
+        text = _text(main[m.end():end])[:1200]
+        out.append({"p": page, "a": m.group(2), "t": _text(m.group(3)).rstrip("¶ ").strip(), "c": chapter, "x": text})
+    return out
+
+
+def _chrome(body: str, parts, titles: dict[str, str], order: list[str], nb: str) -> str:
+    "Wrap nbconvert's page: offline MathJax, the book's navigation, search, Colab badge, contents, previous/next."
+    page = Path(nb).with_suffix(".html").name
+    body = re.sub(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", lambda m: _MATHJAX, body, count=1, flags=re.S)
+    body = re.sub(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', "", body)  # require.js, widget managers: CDN only
+    body = re.sub(r'<script type="application/vnd.jupyter.widget-state\+json">.*?</script>', "", body, flags=re.S)
+    body = re.sub(r"<title>.*?</title>", f"<title>{html.escape(titles.get(nb, nb))} — medgen</title>", body, count=1, flags=re.S)
+    body = body.replace("</head>", '<link rel="stylesheet" href="book.css"></head>', 1)
+    body = _anchor_aliases(body)
+    i = order.index(nb)
+    prev_, next_ = (order[i - 1] if i else None), (order[i + 1] if i + 1 < len(order) else None)
+    pager = '<div class="book-pager">' + "".join(
+        f'<a href="{Path(p).with_suffix(".html").name}"{" style=margin-left:auto" if side == "next" else ""}>'
+        f'<small>{"← previous" if side == "prev" else "next →"}</small>{html.escape(titles.get(p, p))}</a>'
+        for side, p in (("prev", prev_), ("next", next_)) if p) + "</div>"
+    top = '<div class="book-top">'
+    if nb != "index.ipynb":
+        top += (f'<a class="colab" href="{COLAB}{nb}" title="Run this chapter in Google Colab">'
+                f'Open in <b>Colab</b></a>')
+    top += "</div>"
+    toc = _toc(body)
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _nav(parts, titles, page) + toc + '<main class="book">' + top,
+                  body, count=1)
+    scripts = '<script src="search-index.js"></script><script src="book.js"></script>'
+    return body.replace("</body>", pager + "</main>" + scripts + "</body>", 1)
+
+
+def _nav(parts, titles: dict[str, str], here: str) -> str:
+    out = ['<nav class="book"><a href="index.html"><b>medgen</b></a>',
+           '<input id="book-search" type="search" placeholder="Search the book" aria-label="Search the book">',
+           '<ul id="book-hits"></ul>']
+    for part, nbs in parts:
+        if part: out.append(f"<h3>{html.escape(part)}</h3>")
+        for nb in nbs:
+            page = Path(nb).with_suffix(".html").name
+            cls = ' class="here"' if page == here else ""
+            out.append(f'<a{cls} href="{page}">{html.escape(titles.get(nb, nb))}</a>')
+    return "\n".join(out + ["</nav>"])
+
+
+_BOOK_URL = re.compile(r"^https?://medgen-book\.github\.io/medgen/?(?:([\w.-]+?)\.html)?(?:#(.*))?$")
+
+
+def _local_links(body: str, page_of: dict[str, str], ids: dict[str, set[str]], here: str, stats: dict) -> str:
+    "Links to the published site and to `.ipynb` notebooks -> the numbered local page; anchors matched to its ids."
+    def resolve(page: str, frag: str | None) -> str:
+        if not frag: return page
+        have = ids.get(page, set())
+        lower = {i.lower(): i for i in sorted(have, reverse=True)}  # the published site's ids are lower case
+        for cand in (frag, frag.lower(), frag.lower().rsplit(".", 1)[-1]):
+            if cand in have or cand in lower:
+                cand = cand if cand in have else lower[cand]
+                return f"{page}#{cand}" if page != here else f"#{cand}"
+        stats["dropped_anchors"].append(f"{page}#{frag}")
+        return page
+
+    def sub(m):
+        href = html.unescape(m.group(2))
+        b = _BOOK_URL.match(href)
+        if b:
+            name = b.group(1) or "index"
+            if name in page_of:
+                stats["rewritten"] += 1
+                return f'{m.group(1)}"{html.escape(resolve(page_of[name], b.group(2)))}"'
+            stats["unknown_pages"].append(href)
+            return m.group(0)
+        n = re.match(r"^(?:\./)?([\w-]+)\.ipynb(?:#(.*))?$", href)
+        if n and n.group(1) + ".html" in ids:
+            stats["rewritten"] += 1
+            return f'{m.group(1)}"{html.escape(resolve(n.group(1) + ".html", n.group(2)))}"'
+        if href.startswith("#") and len(href) > 1 and href[1:] not in ids.get(here, set()):
+            return f'{m.group(1)}"{html.escape(resolve(here, href[1:]))}"'
+        return m.group(0)
+    return re.sub(r'(<a\s[^>]*?href=)"([^"]*)"', sub, body)
+
+
 def preview(src: Path = NBS, out: Path = BUILD / "site", figures: Path = BUILD / "figures") -> dict:
-    "Render every notebook of the book into `out/*.html` and its figures into `figures/<chapter>/`."
+    "Render every notebook of the book into `out/*.html` (offline: MathJax and search ship with it) and its figures."
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
     parts = book_parts(NBS)
     cache = _proc(src)
     shutil.rmtree(out, ignore_errors=True); shutil.rmtree(figures, ignore_errors=True)
     out.mkdir(parents=True)
-    from traitlets.config import Config
+    _copy_mathjax(out)
     cfg = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": ["remove_input"]}})
     exporter = HTMLExporter(template_name="lab", config=cfg)
     nbs = {nb: _read_clean(cache / nb) for nb in book_notebooks(NBS) if (cache / nb).exists()}
     titles = {nb: _title(d, nb) for nb, d in nbs.items()}
+    order = list(nbs)
     report = {"site": str(out), "figures": str(figures), "pages": {},
               "missing": [nb for nb in book_notebooks(NBS) if nb not in nbs]}
+    bodies, ids = {}, {}
     for nb, d in nbs.items():
         body, _ = exporter.from_notebook_node(d)
         page = Path(nb).with_suffix(".html").name
-        body = body.replace("</head>", f"<style>{_CSS}</style></head>", 1)
-        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _nav(parts, titles, page) + '<main class="book">', body, 1)
-        body = body.replace("</body>", "</main></body>", 1)
-        (out / page).write_text(body)
+        bodies[nb] = _chrome(body, parts, titles, order, nb)
+        ids[page] = set(re.findall(r'\sid="([^"]+)"', bodies[nb]))
         figs = _figures(d, figures / Path(nb).stem)
         n_err = sum(o.get("output_type") == "error" for c in d["cells"] for o in c.get("outputs", []))
         report["pages"][nb] = {"html": str(out / page), "figures": len(figs), "errors": n_err, "title": titles[nb]}
+    page_of = {published_name(nb): Path(nb).with_suffix(".html").name for nb in nbs}
+    page_of["index"] = "index.html"
+    stats = {"rewritten": 0, "dropped_anchors": [], "unknown_pages": []}
+    index = []
+    for nb, body in bodies.items():
+        page = Path(nb).with_suffix(".html").name
+        body = _local_links(body, page_of, ids, page, stats)
+        (out / page).write_text(body)
+        index += _sections(body, page, titles[nb])
+    (out / "book.css").write_text(_CSS)
+    (out / "book.js").write_text(_JS)
+    (out / "search-index.js").write_text("window.BOOK_INDEX = " + json.dumps(index, ensure_ascii=False) + ";\n")
+    report["links"] = stats
     (out / "book.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+# ---------------------------------------------------------------- reading the built pages as a reader does
+class Chromium:
+    "Headless Chromium driven over the DevTools protocol on a pipe (fds 3/4): no port, no extra package, no network."
+
+    def __init__(self, exe: str = "chromium", width: int = 1280, height: int = 900):
+        import subprocess
+        import tempfile
+        self.exe = shutil.which(exe) or shutil.which("chromium-browser")
+        if not self.exe: raise FileNotFoundError("no `chromium` on PATH (Debian: apt-get install chromium)")
+        cmd_r, cmd_w = os.pipe()
+        out_r, out_w = os.pipe()
+        self.profile = tempfile.mkdtemp(prefix="medgen-chromium-")
+        args = [self.exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
+                "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows",
+                f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "--remote-debugging-pipe",
+                "about:blank"]
+
+        def fds():  # Chromium reads commands on fd 3 and answers on fd 4
+            os.dup2(cmd_r, 3); os.dup2(out_w, 4)
+        self.proc = subprocess.Popen(args, pass_fds=(3, 4), preexec_fn=fds, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(cmd_r); os.close(out_w)
+        self.w, self.r = os.fdopen(cmd_w, "wb", buffering=0), os.fdopen(out_r, "rb", buffering=0)
+        self.buf, self.n, self.events = b"", 0, []
+        self.width, self.height = width, height
+        self.session = self.tab()
+
+    def tab(self) -> str:
+        "A new page (tab) to drive; its session id."
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for m in ("Page.enable", "Network.enable"): self.send(m, session)
+        self.send("Emulation.setDeviceMetricsOverride", session, width=self.width, height=self.height,
+                  deviceScaleFactor=1, mobile=False)
+        return session
+
+    def _read(self) -> dict:
+        while b"\0" not in self.buf:
+            chunk = self.r.read(1 << 16)
+            if not chunk: raise RuntimeError("chromium closed its DevTools pipe")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self.n += 1
+        msg = {"id": self.n, "method": method, "params": params} | ({"sessionId": session} if session else {})
+        self.w.write(json.dumps(msg).encode() + b"\0")
+        while True:
+            r = self._read()
+            if r.get("id") == self.n:
+                if "error" in r: raise RuntimeError(f"{method}: {r['error']}")
+                return r.get("result", {})
+            self.events.append(r)
+
+    def evaluate(self, js: str, session: str | None = None, timeout_ms: int = 60000):
+        r = self.send("Runtime.evaluate", session or self.session, expression=js, awaitPromise=True,
+                      returnByValue=True, timeout=timeout_ms)
+        if "exceptionDetails" in r: raise RuntimeError(f"page script failed: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def navigate(self, url: str, session: str | None = None):
+        "Start loading `url` (in `session`'s tab)."
+        session = session or self.session
+        self.events = [e for e in self.events if not (e.get("method") == "Page.loadEventFired"
+                                                      and e.get("sessionId") == session)]
+        self.send("Page.navigate", session, url=url)
+
+    def wait_load(self, session: str | None = None, timeout: float = 60):
+        session, t0 = session or self.session, time.time()
+        while not any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session for e in self.events):
+            if time.time() - t0 > timeout: raise TimeoutError(f"no page load in {timeout}s")
+            self.events.append(self._read())
+
+    def open(self, url: str, session: str | None = None):
+        "Load `url` and wait for its load event."
+        self.navigate(url, session); self.wait_load(session)
+
+    def screenshot(self, path: Path, width: int = 1280, height: int = 1600):
+        self.send("Emulation.setDeviceMetricsOverride", self.session, width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+        png = self.send("Page.captureScreenshot", self.session, format="png")["data"]
+        Path(path).write_bytes(base64.b64decode(png))
+
+    def requests(self) -> list[str]:
+        "URLs the pages asked for so far (http(s) ones would mean the book needs a network)."
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+    def close(self):
+        try: self.send("Browser.close")
+        except (RuntimeError, OSError): pass
+        try: self.proc.wait(10)
+        except Exception: self.proc.kill()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+_TYPESET = """new Promise(res => { let calm = 0; const t0 = Date.now();
+  (function poll() {
+    if (!window.MathJax || !MathJax.Hub) return res('no mathjax');
+    calm = MathJax.isReady && MathJax.Hub.queue.pending === 0 && !MathJax.Hub.queue.running ? calm + 1 : 0;
+    if (calm >= 2) return res('typeset');
+    if (Date.now() - t0 > 45000) return res('timeout');
+    setTimeout(poll, 100);
+  })(); })"""
+
+_AUDIT = r"""(() => {
+  const root = document.querySelector('main') || document.body;
+  const SKIP = '.MathJax, .MathJax_Display, .MathJax_Preview, .MJX_Assistive_MathML, mjx-container, script, style, pre, code, textarea, nav, noscript';
+  const blocks = new Map(), w = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  while (w.nextNode()) {
+    const n = w.currentNode, p = n.parentElement;
+    if (!p || p.closest(SKIP) || !p.getClientRects().length) continue;
+    const b = p.closest('p, li, td, th, h1, h2, h3, h4, h5, h6, dd, dt, figcaption, blockquote, div');
+    blocks.set(b, (blocks.get(b) || '') + n.nodeValue);
+  }
+  const tex = [], re = /\$\$[\s\S]+?\$\$|\$[^$\n]+?\$|\\\([\s\S]+?\\\)|\\\[[\s\S]+?\\\]|\\begin\{/g;
+  for (const t of blocks.values()) for (const m of t.matchAll(re)) tex.push(m[0].slice(0, 100));
+  const clipped = [];
+  for (const pre of root.querySelectorAll('pre')) {
+    let el = pre, bad = null;
+    while (el) {  // content wider than a box must meet a scrolling box before one that hides or spills it
+      const ox = getComputedStyle(el).overflowX;
+      if (el.scrollWidth > el.clientWidth + 1) {
+        if (ox === 'auto' || ox === 'scroll') { bad = null; break; }
+        if (ox === 'hidden' || ox === 'clip') { bad = 'clipped'; break; }
+        bad = 'spills';
+      }
+      if (el === root) break;
+      el = el.parentElement;
+    }
+    if (bad) clipped.push(bad + ': ' + pre.textContent.split('\n').sort((a, b) => b.length - a.length)[0].slice(0, 100));
+  }
+  const imgs = [...root.querySelectorAll('img')].map(i => i.getAttribute('alt') || '');
+  return {tex, clipped, imgs, math: root.querySelectorAll('.MathJax, .MathJax_Display, mjx-container').length,
+          links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
+          ids: [...document.querySelectorAll('[id]')].map(e => e.id)};
+})()"""
+
+
+def audit_site(site: Path, pages: list[str] | None = None, tabs: int = 2) -> dict:
+    "Open every page of the built site offline in one headless Chromium and report what a reader would meet."
+    from urllib.parse import unquote, urlsplit
+    site = Path(site).resolve()
+    pages = pages or sorted(p.name for p in site.glob("*.html"))
+    browser, res = Chromium(), {}
+    try:
+        tabs = [browser.session] + [browser.tab() for _ in range(tabs - 1)]
+        for k in range(0, len(pages), len(tabs)):  # a few pages typeset at once, one per tab
+            batch, t0 = list(zip(tabs, pages[k:k + len(tabs)])), time.time()
+            for tab, page in batch: browser.navigate((site / page).as_uri(), tab)
+            for tab, page in batch:
+                browser.wait_load(tab)
+                state = browser.evaluate(_TYPESET, tab)
+                res[page] = browser.evaluate(_AUDIT, tab) | {"mathjax": state, "seconds": round(time.time() - t0, 2)}
+        net = [u for u in browser.requests() if re.match(r"https?:|wss?:", u)]
+    finally:
+        browser.close()
+    for page, r in res.items():
+        r["external"] = [h for h in r["links"] if re.match(r"[a-z][\w+.-]*:", h)]
+        r["leaves_book"] = [h for h in r["external"] if "medgen-book.github.io" in h]
+        r["unresolved"] = []
+        for h in r["links"]:
+            if re.match(r"[a-z][\w+.-]*:", h): continue
+            u = urlsplit(h)
+            target = Path(unquote(u.path)).name if u.path else page
+            ids = res.get(target, {}).get("ids", [])  # browsers match the fragment as written, then decoded
+            ok = (site / target).exists() and (not u.fragment or target not in res
+                                               or u.fragment in ids or unquote(u.fragment) in ids)
+            if not ok: r["unresolved"].append(h)
+        r["placeholder_alt"] = [a for a in r["imgs"] if not a.strip() or a == PLACEHOLDER_ALT]
+    for r in res.values(): del r["ids"]
+    return {"pages": res, "network": net}
+
+
+def audit_counts(report: dict) -> dict:
+    "Totals over the site: the numbers the book's reader-facing checks are about."
+    p = report["pages"].values()
+    return {"pages": len(report["pages"]), "raw_tex": sum(len(r["tex"]) for r in p),
+            "typeset_math": sum(r["math"] for r in p), "clipped_code": sum(len(r["clipped"]) for r in p),
+            "images": sum(len(r["imgs"]) for r in p), "placeholder_alt": sum(len(r["placeholder_alt"]) for r in p),
+            "links_leaving_book": sum(len(r["leaves_book"]) for r in p),
+            "external_links": sum(len(r["external"]) for r in p),
+            "unresolved_local_links": sum(len(r["unresolved"]) for r in p), "network_requests": len(report["network"])}
 
 
 # ---------------------------------------------------------------- README from the index notebook
@@ -281,13 +883,30 @@ def main(argv=None) -> int:
     pv.add_argument("--src", type=Path, default=NBS)
     pv.add_argument("--out", type=Path, default=BUILD / "site")
     pv.add_argument("--figures", type=Path, default=BUILD / "figures")
-    sub.add_parser("sidebar", help="rewrite the sidebar of nbs/_quarto.yml from the notebooks on disk")
+    ck = sub.add_parser("check", help="open the built preview offline in headless Chromium; print what a reader meets")
+    ck.add_argument("--site", type=Path, default=BUILD / "site")
+    ck.add_argument("--json", type=Path, help="write the full report here")
+    sub.add_parser("sidebar", help="rewrite the sidebar of nbs/_quarto.yml, the index's chapter table and README.md "
+                                   "from the notebooks on disk")
     rd = sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
     rd.add_argument("--check", action="store_true", help="fail if README.md is not up to date")
     a = ap.parse_args(argv)
 
+    if a.cmd == "check":
+        rep = audit_site(a.site)
+        if a.json: a.json.write_text(json.dumps(rep, indent=1))
+        for page, r in rep["pages"].items():
+            print(f"{page:30s} math {r['math']:4d}  raw TeX {len(r['tex']):3d}  clipped {len(r['clipped']):3d}  "
+                  f"placeholder alt {len(r['placeholder_alt']):2d}/{len(r['imgs']):2d}  leaves book "
+                  f"{len(r['leaves_book']):3d}  unresolved {len(r['unresolved']):3d}  {r['mathjax']} {r['seconds']}s")
+        counts = audit_counts(rep)
+        print(json.dumps(counts))
+        bad = counts["raw_tex"] + counts["clipped_code"] + counts["placeholder_alt"] + counts["links_leaving_book"]
+        return 1 if bad + counts["unresolved_local_links"] + counts["network_requests"] else 0
     if a.cmd == "sidebar":
         print("nbs/_quarto.yml sidebar " + ("updated" if write_sidebar() else "already up to date"))
+        print("nbs/index.ipynb chapter table " + ("updated" if write_index_table() else "already up to date"))
+        (ROOT / "README.md").write_text(readme_text())
         return 0
     if a.cmd == "readme":
         text = readme_text()
