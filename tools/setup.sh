@@ -22,18 +22,27 @@ else
 fi
 
 # Real images from Debian packages (Colin27 + AAL; BrainWeb slices). Optional: the data chapter says
-# clearly what is missing when they are absent.
+# clearly what is missing when they are absent. Chromium reads the built preview offline in
+# tests/test_preview.py (those checks skip, with a message, without it); installed on its own, so a
+# failure of one group does not cost the other.
 need=()
 [ -f /usr/share/mricron/templates/ch2.nii.gz ] || need+=(mricron-data)
 [ -f /usr/share/doc/insighttoolkit5-examples/examples/Data/BrainT1Slice.png ] || need+=(insighttoolkit5-examples)
-if [ ${#need[@]} -gt 0 ]; then
+browser=()
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || browser+=(chromium)
+if [ $(( ${#need[@]} + ${#browser[@]} )) -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
   if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
-    echo "setup: installing ${need[*]} with apt-get"
-    { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"; } >/tmp/medgen-apt.log 2>&1 \
-      || echo "setup: apt-get install ${need[*]} failed (see /tmp/medgen-apt.log); those images will be skipped"
+    echo "setup: installing ${need[*]} ${browser[*]} with apt-get"
+    $SUDO apt-get update -q >/tmp/medgen-apt.log 2>&1 || true
+    for group in "${need[*]}" "${browser[*]}"; do
+      [ -n "$group" ] || continue
+      # shellcheck disable=SC2086  # a group is a space-separated list of package names
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $group >>/tmp/medgen-apt.log 2>&1 \
+        || echo "setup: apt-get install $group failed (see /tmp/medgen-apt.log): what needs it will be skipped"
+    done
   else
-    echo "setup: no usable apt-get; Debian images (${need[*]}) will be skipped"
+    echo "setup: no usable apt-get; Debian packages (${need[*]} ${browser[*]}) missing: what needs them will be skipped"
   fi
 fi
 echo "setup: done ($($V/python -c 'import torch, monai, nbdev; print(f"torch {torch.__version__}, monai {monai.__version__}, nbdev {nbdev.__version__}")'))"
