@@ -359,7 +359,8 @@ def slice_viewer(vol: Tensor, axis: str | int = "axial", interactive: bool | Non
     "Interactive slice viewer (ipywidgets) for a volume (C, X, Y, Z); a static `slice_strip` without a live front end."
     import os
     if vol.ndim != 4: raise ValueError(f"vol has shape {tuple(vol.shape)}: expected (C, X, Y, Z)")
-    if interactive is None: interactive = importlib.util.find_spec("ipywidgets") is not None and not os.environ.get("IN_TEST")
+    headless = os.environ.get("IN_TEST") or os.environ.get("MEDGEN_BOOK_BUILD")  # a test run; the book's pages being built
+    if interactive is None: interactive = importlib.util.find_spec("ipywidgets") is not None and not headless
     if not interactive: return slice_strip(vol, axis)
     import ipywidgets as w
     import matplotlib.pyplot as plt

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar: it shows in a terminal, a notebook and the book's pages alike
 
 # %% auto #0
 __all__ = ['FEATURE_WEIGHT_SOURCES', 'FeatureExtractor', 'feature_weights_dir', 'EfficientNetLite0', 'EfficientNetLite0Features',

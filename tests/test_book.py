@@ -32,6 +32,15 @@ def test_sidebar_is_generated_from_the_notebooks():
     assert book.sidebar_yaml() in (ROOT / "nbs" / "_quarto.yml").read_text(), "run `python tools/book.py sidebar`"
 
 
+def test_quarto_site_has_a_colab_badge_for_every_chapter():
+    import yaml
+    text = (ROOT / "nbs" / "_quarto.yml").read_text()
+    assert book.colab_yaml() in text, "run `python tools/book.py sidebar` (the Colab badges' page map is stale)"
+    script = yaml.safe_load(text)["format"]["html"]["include-after-body"][0]["text"]
+    for nb in book.book_notebooks()[1:]:
+        assert f'"{book.published_name(nb)}":"{nb}"' in script and book.COLAB in script
+
+
 def test_notebooks_are_numbered_and_export_one_module_each():
     for nb in (ROOT / "nbs").glob("*.ipynb"):
         if nb.name == "index.ipynb": continue

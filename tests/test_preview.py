@@ -112,3 +112,40 @@ def test_index_links_every_chapter(reader):
     main = [h.split("#")[0] for h in links]
     for page in PAGES[1:]:
         assert main.count(page) >= 2, f"the index's chapter table does not link {page}"  # sidebar + table
+
+
+# ---------------------------------------------------------------- Quarto's figure options, as the preview renders them
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def _fig_cell(src: str) -> dict:
+    return {"cell_type": "code", "metadata": {}, "execution_count": 1, "source": src,
+            "outputs": [{"output_type": "display_data", "metadata": {}, "data": {"image/png": _PNG, "text/plain": "<Figure>"}}]}
+
+
+def test_figure_options_give_numbered_captions_and_alt_text(tmp_path):
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# A chapter\n\n## Noise\n\nSee @fig-b and @fig-a."},
+             _fig_cell('#| label: fig-a\n#| fig-cap: "First: *what* to see."\n#| fig-alt: "A grey square."\nplt.show()'),
+             _fig_cell('#| label: fig-b\n#| fig-cap: "Second, with a colon: here."\nax.set_title("noise level")'),
+             _fig_cell('ax.set_title("loss curve")'), _fig_cell("plt.show()")]
+    for k, c in enumerate(cells): c["id"] = f"c{k}"
+    nb = tmp_path / "13_x.ipynb"
+    nb.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    d = book._read_clean(nb)
+    html = [c.outputs[0].data.get("text/html", "") for c in d.cells[1:]]
+    assert 'id="fig-a"' in html[0] and 'alt="A grey square."' in html[0]
+    assert "Figure 13.1: </span>First: <em>what</em> to see." in html[0]
+    assert "Figure 13.2: </span>Second, with a colon: here." in html[1]
+    assert 'alt="Second, with a colon: here."' in html[1], "without fig-alt the caption is the alt text"
+    assert 'alt="Figure: loss curve"' in html[2], "without a caption: the plot's title"
+    assert "Noise" in html[3] and "A chapter" in html[3] and book.PLACEHOLDER_ALT not in html[3]
+    assert "<figcaption>" not in html[2] + html[3]
+    assert "[Figure 13.2](#fig-b) and [Figure 13.1](#fig-a)" in d.cells[0].source, "@fig- references become links"
+    assert all("image/png" in c.outputs[0].data for c in d.cells[1:]), "the figure files are still written"
+
+
+def test_preview_text_fixes():
+    assert book._escape_stars("shape (B, C, *spatial) and `(B, *spatial)` and a *spatial transformer*") == \
+        "shape (B, C, \\*spatial) and `(B, *spatial)` and a *spatial transformer*"
+    assert book._collapse_cr("  0%|  | 0/3\r 33%|# | 1/3\r100%|##| 3/3\nnext\n") == "100%|##| 3/3\nnext\n"
+    assert book.published_name("13_diffusion_unet.ipynb") == "diffusion_unet"

@@ -61,11 +61,29 @@ def sidebar_yaml(nbs: Path = NBS) -> str:
     return "\n".join(out) + "\n"
 
 
+def colab_yaml(nbs: Path = NBS) -> str:
+    "`include-after-body` for the Quarto site: a script that puts an Open-in-Colab badge under each chapter's title."
+    import yaml
+    pages = {published_name(nb): nb for nb in book_notebooks(nbs) if nb != "index.ipynb"}
+    js = ("<script>(function () { var nb = " + json.dumps(pages, separators=(",", ":")) +
+          "[location.pathname.split('/').pop().replace(/\\.html$/, '')]; if (!nb) return;"
+          " var a = document.createElement('a'); a.href = '" + COLAB + "' + nb;"
+          " a.innerHTML = '<img src=\"https://colab.research.google.com/assets/colab-badge.svg\" alt=\"Open in Colab\">';"
+          " var h = document.querySelector('#title-block-header') || document.querySelector('main h1');"
+          " if (h) h.appendChild(a); })();</script>")
+    return "    include-after-body:\n      - text: " + yaml.safe_dump(js, width=float("inf"), default_style="'").strip() + "\n"
+
+
 def write_sidebar(nbs: Path = NBS) -> bool:
-    "Rewrite the sidebar of `nbs/_quarto.yml` from the notebooks on disk; True if it changed."
+    "Rewrite the sidebar (and the Colab badges' page map) of `nbs/_quarto.yml` from the notebooks on disk; True if changed."
     q = nbs / "_quarto.yml"
     text = q.read_text()
     new = re.sub(r"    contents:\n(?:      .*\n)+", lambda m: sidebar_yaml(nbs), text, count=1)
+    if new != text: q.write_text(new)  # the badges' map follows the sidebar just written
+    if "    include-after-body:\n" in new:
+        new = re.sub(r"    include-after-body:\n      - text: .*\n", lambda m: colab_yaml(nbs), new, count=1)
+    else:
+        new = new.replace("    keep-md: true\n", "    keep-md: true\n" + colab_yaml(nbs), 1)
     if new != text: q.write_text(new)
     return new != text
 
@@ -153,13 +171,14 @@ def _execute_one(args: tuple[str, str, str, int]) -> tuple[str, float, str]:
 
 
 def drop_injected_parameters(nb_path: Path) -> bool:
-    "Remove papermill's `injected-parameters` cell (the run's profile) from a notebook kept in nbs/; True if removed."
-    d = json.loads(Path(nb_path).read_text())
-    keep = [c for c in d["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-    if len(keep) == len(d["cells"]): return False
-    d["cells"] = keep
-    Path(nb_path).write_text(json.dumps(d, indent=1, ensure_ascii=False) + "\n")
-    return True
+    "Drop papermill's injected cell from a notebook kept in nbs/; keep progress bars' final text. True if changed."
+    text = Path(nb_path).read_text()
+    d = json.loads(text)
+    d["cells"] = [coalesce_streams(c) for c in d["cells"]
+                  if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    new = json.dumps(d, indent=1, ensure_ascii=False) + "\n"
+    if new != text: Path(nb_path).write_text(new)
+    return new != text
 
 
 def execute(notebooks: list[Path], out: Path | None, inplace: bool, profile: str, jobs: int, timeout: int) -> int:
@@ -378,13 +397,24 @@ def _figure_outputs(c: dict, opts: dict, figs: dict, heading: str, chapter: str)
         o["data"]["text/html"] = f'<figure class="book-figure"{fid}>{img}{caption}</figure>'
 
 
+def coalesce_streams(c: dict) -> dict:
+    "Merge a cell's consecutive stream outputs of one name, each line as a terminal leaves it (progress bars)."
+    out = []
+    for o in c.get("outputs", []):
+        if (o.get("output_type") == "stream" and out and out[-1].get("output_type") == "stream"
+                and out[-1].get("name") == o.get("name")):
+            out[-1]["text"] = "".join(out[-1]["text"]) + "".join(o["text"])
+        else: out.append(o)
+    for o in out:
+        if o.get("output_type") == "stream": o["text"] = _collapse_cr("".join(o["text"]))
+    c["outputs"] = [o for o in out if o.get("output_type") != "stream" or o["text"].strip()]
+    return c
+
+
 def _clean_outputs(c: dict):
     "Progress bars as text; widgets (which a static page cannot run) dropped."
     keep = []
-    for o in c.get("outputs", []):
-        if o.get("output_type") == "stream":
-            o["text"] = _collapse_cr("".join(o["text"]))
-            if not o["text"].strip(): continue
+    for o in coalesce_streams(c).get("outputs", []):
         data = o.get("data", {})
         if "application/vnd.jupyter.widget-view+json" in data:
             data.pop("application/vnd.jupyter.widget-view+json")
@@ -419,6 +449,8 @@ def _read_clean(path: Path):
         opts = _cell_options(src)
         if opts.get("echo") is False or opts.get("output") == "asis":
             c["metadata"].setdefault("tags", []).append("remove_input")
+        if opts.get("code-fold") in (True, "show"):  # nbdev's "Exported source": a fold, open for `show`
+            c["metadata"].setdefault("tags", []).append("code_fold_show" if opts["code-fold"] == "show" else "code_fold")
         c["source"] = "\n".join(ln for ln in lines if not ln.startswith("#| "))
         _clean_outputs(c)
         for o in c.get("outputs", []):
@@ -430,15 +462,14 @@ def _read_clean(path: Path):
 
 # ---- the page around a chapter: navigation, contents, search, Colab, previous/next
 _CSS = """body{margin:0;font-family:system-ui,sans-serif}
-nav.book{position:fixed;top:0;left:0;bottom:0;width:15rem;overflow:auto;background:#f6f7f9;padding:1rem;font-size:.9rem;box-sizing:border-box}
+nav.book{position:fixed;top:0;left:0;bottom:0;width:14rem;overflow:auto;background:#f6f7f9;padding:1rem;font-size:.9rem;box-sizing:border-box}
 nav.book h3{font-size:.8rem;text-transform:uppercase;color:#666;margin:1rem 0 .3rem}
 nav.book a{display:block;color:#234;text-decoration:none;padding:.1rem 0} nav.book a.here{font-weight:bold}
-main.book{margin-left:16rem;margin-right:15rem;max-width:62rem;padding:1rem 1.5rem;box-sizing:border-box}
-aside.toc{position:fixed;top:0;right:0;bottom:0;width:14rem;overflow:auto;padding:1rem;font-size:.82rem;box-sizing:border-box;border-left:1px solid #eee}
+main.book{margin-left:14rem;margin-right:13rem;max-width:62rem;padding:1rem 1.5rem;box-sizing:border-box;min-width:0}
+aside.toc{position:fixed;top:0;right:0;bottom:0;width:13rem;overflow:auto;padding:1rem;font-size:.82rem;box-sizing:border-box;border-left:1px solid #eee}
 aside.toc a{display:block;color:#345;text-decoration:none;padding:.12rem 0} aside.toc a.h3{padding-left:.8rem;color:#567}
 aside.toc h4, nav.book h4{margin:.2rem 0 .5rem;font-size:.85rem}
-@media (max-width:1300px){aside.toc{position:static;width:auto;border:0;border-bottom:1px solid #eee;margin-left:16rem}
- main.book{margin-right:0}}
+@media (max-width:1100px){aside.toc{display:none} main.book{margin-right:0}}
 .book-top{display:flex;gap:1rem;align-items:center;justify-content:flex-end;margin:.2rem 0 .5rem}
 a.colab{display:inline-block;background:#444;color:#fff;border-radius:4px;padding:.15rem .55rem;font-size:.8rem;text-decoration:none}
 a.colab b{color:#f9ab00}
@@ -454,16 +485,28 @@ a.colab b{color:#f9ab00}
 .highlight pre,.jp-RenderedText pre,.jp-OutputArea-output pre{overflow-x:auto!important;white-space:pre}
 .jp-RenderedHTMLCommon pre{overflow-x:auto}
 /* symbol tables: the meaning column gets the room, math stays on its line */
-.jp-RenderedHTMLCommon table{table-layout:auto;width:100%;display:block;overflow-x:auto}
+div.book-table{overflow-x:auto;max-width:100%;margin-bottom:1em}
+.jp-RenderedHTMLCommon table{table-layout:auto;width:100%;margin:0}
 .jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{text-align:left!important;vertical-align:top;max-width:none}
-.jp-RenderedHTMLCommon td:last-child{min-width:16rem}
-.jp-RenderedHTMLCommon td:first-child{white-space:nowrap}
+.jp-RenderedHTMLCommon td:last-child{min-width:10rem;width:45%}
+.jp-RenderedHTMLCommon td:last-child code{overflow-wrap:anywhere}
+details.code-fold>summary{cursor:pointer;color:#666;font-size:.85rem;margin:.2rem 0}
 figure.book-figure{margin:.5rem 0 1rem} figure.book-figure img{max-width:100%;height:auto}
 figure.book-figure figcaption{font-size:.9rem;color:#333;margin-top:.3rem;max-width:48rem}
 .fig-num{font-weight:600}
 """
 
-_JS = r"""(function () {
+_JS = r"""(function () {  // nbdev's folds of exported source, as Quarto draws them (`code-fold`)
+  document.querySelectorAll('.celltag_code_fold, .celltag_code_fold_show').forEach(function (cell) {
+    var code = cell.querySelector('.jp-Cell-inputWrapper');
+    if (!code) return;
+    var fold = document.createElement('details'), summary = document.createElement('summary');
+    summary.textContent = 'Exported source'; fold.className = 'code-fold';
+    fold.open = cell.classList.contains('celltag_code_fold_show');
+    code.parentNode.insertBefore(fold, code); fold.appendChild(summary); fold.appendChild(code);
+  });
+})();
+(function () {
   var box = document.getElementById('book-search'), hits = document.getElementById('book-hits');
   if (!box || !window.BOOK_INDEX) return;
   function esc(s) { return s.replace(/[&<>"]/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]; }); }
@@ -536,7 +579,8 @@ def _sections(body: str, page: str, chapter: str) -> list[dict]:
     out, marks = [], list(_HEAD.finditer(main))
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(main)
-        text = _text(main[m.end():end])[:1200]
+        text = re.sub(r"(?:In|Out)\s*\[\s*\d*\s*\]:|¶", " ", _text(main[m.end():end]))
+        text = re.sub(r"\s+", " ", text).strip()[:1200]
         out.append({"p": page, "a": m.group(2), "t": _text(m.group(3)).rstrip("¶ ").strip(), "c": chapter, "x": text})
     return out
 
@@ -550,6 +594,7 @@ def _chrome(body: str, parts, titles: dict[str, str], order: list[str], nb: str)
     body = re.sub(r"<title>.*?</title>", f"<title>{html.escape(titles.get(nb, nb))} — medgen</title>", body, count=1, flags=re.S)
     body = body.replace("</head>", '<link rel="stylesheet" href="book.css"></head>', 1)
     body = _anchor_aliases(body)
+    body = re.sub(r"<table\b", '<div class="book-table"><table', body).replace("</table>", "</table></div>")
     i = order.index(nb)
     prev_, next_ = (order[i - 1] if i else None), (order[i + 1] if i + 1 < len(order) else None)
     pager = '<div class="book-pager">' + "".join(
@@ -836,6 +881,26 @@ def audit_site(site: Path, pages: list[str] | None = None, tabs: int = 2) -> dic
     return {"pages": res, "network": net}
 
 
+SCREENSHOTS = {"index.html": "The-chapters", "13_diffusion_unet.html": "", "02_phantoms.html": "fig-contrasts"}
+
+
+def screenshots(site: Path, out: Path, pages: dict[str, str] = SCREENSHOTS, width: int = 1280, height: int = 860):
+    "PNG screenshots of pages of the built site (scrolled to an anchor where given), typeset, in 64 colours."
+    from PIL import Image
+    out.mkdir(parents=True, exist_ok=True)
+    browser = Chromium(width=width, height=height)
+    try:
+        for page, anchor in pages.items():
+            browser.open((Path(site).resolve() / page).as_uri())
+            browser.evaluate(_TYPESET)
+            if anchor: browser.evaluate(f"document.getElementById('{anchor}').scrollIntoView({{block: 'center'}})")
+            png = out / page.replace(".html", ".png")
+            browser.screenshot(png, width, height)
+            Image.open(png).convert("RGB").quantize(64, dither=Image.Dither.NONE).save(png, optimize=True)
+    finally:
+        browser.close()
+
+
 def audit_counts(report: dict) -> dict:
     "Totals over the site: the numbers the book's reader-facing checks are about."
     p = report["pages"].values()
@@ -886,12 +951,19 @@ def main(argv=None) -> int:
     ck = sub.add_parser("check", help="open the built preview offline in headless Chromium; print what a reader meets")
     ck.add_argument("--site", type=Path, default=BUILD / "site")
     ck.add_argument("--json", type=Path, help="write the full report here")
+    sh = sub.add_parser("screenshots", help="screenshots of three pages of the built preview (for the README)")
+    sh.add_argument("--site", type=Path, default=BUILD / "site")
+    sh.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     sub.add_parser("sidebar", help="rewrite the sidebar of nbs/_quarto.yml, the index's chapter table and README.md "
                                    "from the notebooks on disk")
     rd = sub.add_parser("readme", help="write README.md from nbs/index.ipynb")
     rd.add_argument("--check", action="store_true", help="fail if README.md is not up to date")
     a = ap.parse_args(argv)
 
+    if a.cmd == "screenshots":
+        screenshots(a.site, a.out)
+        print("\n".join(f"{p}  {p.stat().st_size // 1024} KiB" for p in sorted(a.out.glob("*.png"))))
+        return 0
     if a.cmd == "check":
         rep = audit_site(a.site)
         if a.json: a.json.write_text(json.dumps(rep, indent=1))
