@@ -614,13 +614,14 @@ def _chrome(body: str, parts, titles: dict[str, str], order: list[str], nb: str)
 
 
 def _nav(parts, titles: dict[str, str], here: str) -> str:
-    out = ['<nav class="book"><a href="index.html"><b>medgen</b></a>',
+    out = [f'<nav class="book"><a href="index.html"{" class=here" if here == "index.html" else ""}><b>medgen</b></a>',
            '<input id="book-search" type="search" placeholder="Search the book" aria-label="Search the book">',
            '<ul id="book-hits"></ul>']
     for part, nbs in parts:
         if part: out.append(f"<h3>{html.escape(part)}</h3>")
         for nb in nbs:
             page = Path(nb).with_suffix(".html").name
+            if page == "index.html": continue  # the book's name above links it
             cls = ' class="here"' if page == here else ""
             out.append(f'<a{cls} href="{page}">{html.escape(titles.get(nb, nb))}</a>')
     return "\n".join(out + ["</nav>"])
