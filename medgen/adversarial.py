@@ -20,8 +20,8 @@ from torch.nn.modules.loss import _Loss
 from .attention import _CONV
 
 # %% auto #0
-__all__ = ['ADVERSARIAL_CRITERIA', 'PatchDiscriminator', 'patch_receptive_field', 'MultiScalePatchDiscriminator',
-           'PatchAdversarialLoss']
+__all__ = ['ADVERSARIAL_CRITERIA', 'PatchDiscriminator', 'patch_receptive_field', 'DiscriminatorArgumentError',
+           'MultiScalePatchDiscriminator', 'PatchAdversarialLoss']
 
 # %% ../nbs/22_adversarial.ipynb #e6bb00a2
 _ACTS = {"LEAKYRELU": nn.LeakyReLU, "RELU": nn.ReLU, "PRELU": nn.PReLU, "ELU": nn.ELU, "SELU": nn.SELU, "CELU": nn.CELU,
@@ -142,7 +142,7 @@ class PatchDiscriminator(nn.Sequential):
                  *, channels: int | None = None) -> None:      # MONAI core's name for num_channels
         super().__init__()
         _check_discriminator(spatial_dims, num_channels, in_channels, out_channels, kernel_size)
-        _check_int("num_layers_d", num_layers_d, 0)
+        _check_int("num_layers_d", num_layers_d, 1)
         _keep_args(self, locals())
         k_last = kernel_size if last_conv_kernel_size is None else last_conv_kernel_size
         for name, layer in _patch_layers(spatial_dims, num_channels, in_channels, out_channels, num_layers_d,
@@ -186,17 +186,22 @@ def _scale_depths(num_d: int, num_layers_d: int | Sequence[int], pooling_method:
     "Layers per discriminator: n(i + 1) without pooling, n for all with pooling, or the list given (one per scale)."
     _check_int("num_d", num_d, 1)
     if isinstance(num_layers_d, int) and not isinstance(num_layers_d, bool):
+        _check_int("num_layers_d", num_layers_d, 1)
         return [num_layers_d * (i + 1) if pooling_method is None else num_layers_d for i in range(num_d)]
     depths = list(num_layers_d)
     if len(depths) != num_d:  # GM asserts
-        raise AssertionError(f"num_layers_d={num_layers_d!r}: expected one depth per discriminator (num_d={num_d})")
+        raise DiscriminatorArgumentError(f"num_layers_d={num_layers_d!r}: expected one depth per discriminator (num_d={num_d})")
+    for d in depths: _check_int("num_layers_d", d, 1)
     return depths
+
+class DiscriminatorArgumentError(ValueError, AssertionError):
+    "A bad MultiScalePatchDiscriminator argument (GM checks it with `assert`: both types catch it)."
 
 def _check_minimum_size(depths: Sequence[int], minimum_size_im: int) -> None:
     "GM's check: 2^n_i stride-2 halvings must leave at least one pixel of a minimum_size_im input."
     for i, n in enumerate(depths):
         if minimum_size_im / 2 ** n < 1:
-            raise AssertionError(f"Your image size is too small to take in up to {i} discriminators with num_layers = "
+            raise DiscriminatorArgumentError(f"Your image size is too small to take in up to {i} discriminators with num_layers = "
                                  f"{n}: minimum_size_im={minimum_size_im} < 2 ** {n}. Please reduce num_layers, reduce "
                                  f"num_D or enter bigger images.")
 

@@ -7,6 +7,7 @@ Docs: https://medgen-book.github.io/medgen/attention.html.md"""
 # %% ../nbs/12_attention.ipynb #2c5cfca0
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
@@ -18,9 +19,9 @@ from torch import Tensor, nn
 from .hub import capture_init_args
 
 # %% auto #0
-__all__ = ['dot_product_attention', 'split_heads', 'merge_heads', 'spatial_to_tokens', 'tokens_to_spatial', 'KVCache',
-           'MultiHeadAttention', 'SABlock', 'FeedForward', 'TransformerBlock', 'SpatialAttentionBlock', 'conv_nd',
-           'zero_module', 'BasicTransformerBlock', 'SpatialTransformer']
+__all__ = ['dot_product_attention', 'split_heads', 'merge_heads', 'spatial_to_tokens', 'tokens_to_spatial', 'ShapeError',
+           'KVCache', 'MultiHeadAttention', 'SABlock', 'FeedForward', 'TransformerBlock', 'SpatialAttentionBlock',
+           'conv_nd', 'zero_module', 'BasicTransformerBlock', 'SpatialTransformer']
 
 # %% ../nbs/12_attention.ipynb #314fa532
 def _attention_mask(attn_mask: Tensor | None, causal: bool, lq: int, lk: int, device=None) -> Tensor | None:
@@ -67,6 +68,24 @@ def tokens_to_spatial(x: Tensor, spatial: Sequence[int]) -> Tensor:
     return x.transpose(1, 2).unflatten(2, tuple(spatial))
 
 # %% ../nbs/12_attention.ipynb #240e9682
+class ShapeError(ValueError, RuntimeError):
+    "A tensor argument of the wrong shape: a ValueError, and the RuntimeError GM/MONAI let torch raise for it."
+
+def _check_int(name: str, value, low: int = 1) -> int:
+    "`value` must be an int >= low (a bool is not); ValueError naming the argument otherwise."
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
+    return int(value)
+
+def _check_int_seq(name: str, value, low: int = 1, length: int | None = None) -> tuple[int, ...]:
+    "`value` must be a non-empty sequence of ints >= low (of `length` entries if given); returned as a tuple."
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0
+    if not ok or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low for v in value):
+        raise ValueError(f"{name}={value!r}: expected a non-empty sequence of integers >= {low}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name}={tuple(value)!r}: expected {length} entries, got {len(value)}")
+    return tuple(int(v) for v in value)
+
 def _rename_keys(state_dict: dict, prefix: str, renames: dict[str, str]) -> None:
     "In place: move `prefix + old` to `prefix + new` for each pair present (legacy checkpoint names)."
     for old, new in renames.items():
@@ -87,7 +106,8 @@ def _check_attention(hidden_size: int, num_heads: int, dim_head: int | None, dro
                      include_fc: bool, combined: bool, context_dim: int | None) -> None:
     "Validate the arguments of `MultiHeadAttention` (ValueError naming the argument)."
     if not 0 <= dropout_rate <= 1: raise ValueError(f"dropout_rate={dropout_rate}: expected a value in [0, 1]")
-    if num_heads < 1: raise ValueError(f"num_heads={num_heads}: expected >= 1")
+    _check_int("hidden_size", hidden_size), _check_int("num_heads", num_heads)
+    if context_dim is not None: _check_int("context_dim", context_dim)
     if dim_head is None and hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} should be divisible by num_heads={num_heads}")
     if not include_fc and (dim_head or hidden_size // num_heads) * num_heads != hidden_size:
@@ -113,6 +133,14 @@ class KVCache:
         return k, v
 
 # %% ../nbs/12_attention.ipynb #1e7b3265
+def _check_widths(attn: nn.Module, x: Tensor, context: Tensor | None) -> None:
+    "x (..., L, hidden_size) and context (..., S, context_dim) for `attn`: a ShapeError naming the argument otherwise."
+    width = (attn.qkv if attn.use_combined_linear else attn.to_q).in_features
+    if x.ndim < 2 or x.shape[-1] != width: raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (B, L, hidden_size={width})")
+    cdim = None if attn.use_combined_linear else attn.to_k.in_features
+    if context is not None and cdim is not None and (context.ndim < 2 or context.shape[-1] != cdim):
+        raise ShapeError(f"context: got shape {tuple(context.shape)}; expected (B, S, {cdim}) (the context width)")
+
 class MultiHeadAttention(nn.Module):
     "Multi-head self-attention, or cross-attention on a `context`, on `dot_product_attention`."
     def __init__(self, hidden_size: int,               # width of x and of the output
@@ -151,6 +179,7 @@ class MultiHeadAttention(nn.Module):
                 context: Tensor | None = None,         # (B, S, context_dim); None: self-attention
                 attn_mask: Tensor | None = None,       # (B, S) or (B, h, L, S), True = attend
                 kv_cache: KVCache | None = None) -> Tensor:  # self-attention: append k, v to it, attend to all
+        _check_widths(self, x, context)
         q, k, v = self.project(x, context)
         if kv_cache is not None:
             if context is not None: raise ValueError("kv_cache: caches self-attention keys; got a context too")
@@ -214,6 +243,7 @@ class TransformerBlock(nn.Module):
                  with_cross_attention: bool = False, use_flash_attention: bool = False,
                  include_fc: bool = True, use_combined_linear: bool = False) -> None:
         super().__init__()
+        _check_int("mlp_dim", mlp_dim)
         self.with_cross_attention = with_cross_attention
         self.norm1 = nn.LayerNorm(hidden_size)
         self.attn = SABlock(hidden_size, num_heads, dropout_rate, qkv_bias, causal, sequence_length,
@@ -252,7 +282,7 @@ def _check_spatial(spatial_dims: int, num_channels: int, num_head_channels: int 
 def _check_rank(x: Tensor, spatial_dims: int) -> None:
     "x must be (B, C) + spatial_dims spatial axes."
     if x.ndim != spatial_dims + 2:
-        raise ValueError(f"x: got shape {tuple(x.shape)}; expected (B, C) + {spatial_dims} spatial dims")
+        raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (B, C) + {spatial_dims} spatial dims")
 
 # %% ../nbs/12_attention.ipynb #37e4aaa3
 def _gm_proj_attn(state_dict: dict, prefix: str, out_proj: nn.Module) -> None:

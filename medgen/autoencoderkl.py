@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import SpatialAttentionBlock, _rename_keys, conv_nd
+from .attention import ShapeError, SpatialAttentionBlock, _check_int, _check_int_seq, _rename_keys, conv_nd
 from .hub import capture_init_args
 from .unet import UNetUpsample, _run, _silu
 
@@ -198,7 +198,9 @@ def _aekl_config(spatial_dims: int, num_channels: Sequence[int], num_res_blocks:
                  attention_levels: Sequence[bool], norm_num_groups: int,
                  channels: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...], tuple[bool, ...]]:
     "Merge `channels` (MONAI core) into `num_channels` (GM), validate as GM does; one entry per level."
+    num_channels, norm_num_groups = _check_int_seq("num_channels", num_channels), _check_int("norm_num_groups", norm_num_groups)
     if channels is not None:
+        channels = _check_int_seq("channels", channels)
         if tuple(num_channels) not in ((32, 64, 64, 64), tuple(channels)):
             raise ValueError(f"num_channels={tuple(num_channels)} and channels={tuple(channels)}: give one of them")
         num_channels = channels
@@ -210,7 +212,8 @@ def _aekl_config(spatial_dims: int, num_channels: Sequence[int], num_res_blocks:
     if len(attention_levels) != n:
         raise ValueError(f"AutoencoderKL expects num_channels being same size of attention_levels: "
                          f"num_channels={num_channels}, attention_levels={tuple(attention_levels)}")
-    if isinstance(num_res_blocks, int): num_res_blocks = (num_res_blocks,) * n
+    if isinstance(num_res_blocks, int): num_res_blocks = (_check_int("num_res_blocks", num_res_blocks),) * n
+    num_res_blocks = _check_int_seq("num_res_blocks", num_res_blocks)
     if len(num_res_blocks) != n:
         raise ValueError(f"`num_res_blocks` should be a single integer or a tuple of integers with the same length as "
                          f"`num_channels`: num_res_blocks={tuple(num_res_blocks)}, num_channels={num_channels}")
@@ -219,7 +222,7 @@ def _aekl_config(spatial_dims: int, num_channels: Sequence[int], num_res_blocks:
 def _check_input(t: Tensor, spatial_dims: int, channels: int, name: str) -> None:
     "t must be (B, channels, *spatial) with spatial_dims spatial axes."
     if t.ndim != spatial_dims + 2 or t.shape[1] != channels:
-        raise ValueError(f"{name}: got shape {tuple(t.shape)}; expected (B, {channels}) + {spatial_dims} spatial dims")
+        raise ShapeError(f"{name}: got shape {tuple(t.shape)}; expected (B, {channels}) + {spatial_dims} spatial dims")
 
 # %% ../nbs/20_kl_vae.ipynb #534506e1
 class _LatentCodec:
@@ -258,6 +261,9 @@ class AutoencoderKL(_LatentCodec, nn.Module):
                  use_combined_linear: bool = False, use_checkpoint: bool | None = None) -> None:
         super().__init__()
         chs, nrb, att = _aekl_config(spatial_dims, num_channels, num_res_blocks, attention_levels, norm_num_groups, channels)
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("latent_channels", latent_channels)):
+            _check_int(name, v)
+        if not norm_eps > 0: raise ValueError(f"norm_eps={norm_eps!r}: expected a number > 0")
         kw = dict(include_fc=include_fc, use_combined_linear=use_combined_linear)
         self.encoder = AEKLEncoder(spatial_dims, in_channels, chs, latent_channels, nrb, norm_num_groups, norm_eps, att,
                                    with_encoder_nonlocal_attn, **kw)

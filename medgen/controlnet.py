@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import conv_nd, zero_module
+from .attention import _check_int, conv_nd, zero_module
 from .hub import capture_init_args
 from .inferers import DiffusionInferer, _takes
 from .latent_diffusion import LatentDiffusionInferer
@@ -49,6 +49,7 @@ class ControlNetConditioningEmbedding(nn.Module):
                  *, channels: Sequence[int] | None = None) -> None:
         super().__init__()
         channels = _check_channels("conditioning_embedding_num_channels", num_channels if channels is None else channels)
+        _check_int("conditioning_embedding_in_channels", in_channels)
         self.in_channels, self.downsamplings = in_channels, len(channels) - 1
         self.conv_in = _conv_silu(spatial_dims, in_channels, channels[0])
         self.blocks = nn.ModuleList()

@@ -195,8 +195,12 @@ def from_pretrained(cls_or_dir: type | str | Path,                   # a class, 
     if not directory.is_dir(): raise FileNotFoundError(f"pretrained directory {directory} does not exist")
     cfg_path, cfg = directory / CONFIG_NAME, None
     if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
-        if cfg.get("format") != HUB_FORMAT: raise ValueError(f"{cfg_path} is not a medgen config ({HUB_FORMAT!r})")
+        try: cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != HUB_FORMAT:
+            raise ValueError(f"{cfg_path} is not a medgen config ({HUB_FORMAT!r})")
+        missing = [k for k in ("module", "class", "args") if k not in cfg]
+        if missing: raise ValueError(f"{cfg_path} lacks the entries {missing} (is it a config.json of save_pretrained?)")
     elif cls is None:
         raise FileNotFoundError(f"{cfg_path} not found: pass the class, from_pretrained(cls, {str(directory)!r})")
     cls = cls or _resolve_class(cfg["module"], cfg["class"])
@@ -217,7 +221,10 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu",
     path = Path(path)
     if path.suffix not in WEIGHT_SUFFIXES: raise ValueError(f"path must end in one of {WEIGHT_SUFFIXES}, got {path.name!r}")
     if not path.is_file(): raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors": state = safetensors.torch.load_file(path, device=str(map_location))
+    if path.suffix == ".safetensors":
+        try: state = safetensors.torch.load_file(path, device=str(map_location))
+        except safetensors.SafetensorError as e:
+            raise ValueError(f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt") from None
     else:
         try: state = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:

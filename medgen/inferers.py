@@ -64,6 +64,9 @@ def _sample(scheduler: nn.Module, input_noise: Tensor, diffusion_model: Callable
             cfg: float | None, cfg_fill_value: float, generator: torch.Generator | None) -> tuple[Tensor, list[Tensor]]:
     "Run the scheduler's sampling loop from `input_noise`; return the sample and the saved intermediates."
     _check_mode(mode, conditioning)
+    if cfg is not None and conditioning is None:
+        raise ValueError(f"cfg={cfg!r}: classifier-free guidance needs `conditioning` (it mixes conditioned and "
+                         "unconditioned predictions)")
     if conditioning is not None and conditioning.shape[0] != input_noise.shape[0]:
         raise ValueError(f"conditioning must have the batch size of input_noise ({input_noise.shape[0]}), got {conditioning.shape[0]}")
     if save_intermediates and (not isinstance(intermediate_steps, int) or intermediate_steps < 1):
@@ -184,3 +187,16 @@ class DiffusionInferer(Inferer):
                                   bool(save_intermediates), conditioning, mode, original_input_range, scaled_input_range,
                                   verbose, seg, generator)
         return (total, maps) if save_intermediates else total
+
+# %% ../nbs/14_diffusion_inferer.ipynb #27eba42f
+def _inferer_cdf(self: DiffusionInferer, x: Tensor) -> Tensor:
+    "GM's helper (GM-era likelihood code calls it): the tanh approximation of the standard normal CDF."
+    return _approx_standard_normal_cdf(x)
+
+def _decoder_log_likelihood(self: DiffusionInferer, inputs: Tensor, means: Tensor, log_scales: Tensor,
+                            original_input_range: tuple = (0, 255), scaled_input_range: tuple = (0, 1)) -> Tensor:
+    "GM's helper: log P(each voxel's intensity bin) under N(means, exp(log_scales)^2), edge bins open."
+    return _discretized_gaussian_log_likelihood(inputs, means, log_scales, original_input_range, scaled_input_range)
+
+DiffusionInferer._approx_standard_normal_cdf = _inferer_cdf
+DiffusionInferer._get_decoder_log_likelihood = _decoder_log_likelihood

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import _CONV
+from .attention import _CONV, ShapeError
 from .hub import capture_init_args
 from .inferers import DiffusionInferer, _check_mode, _likelihood, _sample, _takes
 
@@ -207,7 +207,7 @@ class SpatialRescaler(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_channels, *spatial) -> (B, out_channels, *resized)
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x: got shape {tuple(x.shape)}; expected (B, {self.in_channels}) + {self.spatial_dims} spatial dims")
+            raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (B, {self.in_channels}) + {self.spatial_dims} spatial dims")
         if self.remap_output: x = self.channel_mapper(x)
         for _ in range(self.n_stages): x = F.interpolate(x, size=self.size, scale_factor=self.multiplier, mode=self.method)
         return x

@@ -359,6 +359,7 @@ class JukeboxLoss(_Loss):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         if fft_norm not in ("forward", "backward", "ortho"):
             raise ValueError(f"fft_norm must be 'forward', 'backward' or 'ortho', got {fft_norm!r}")
+        if spatial_dims not in (1, 2, 3): raise ValueError(f"spatial_dims={spatial_dims!r}: expected 1, 2 or 3")
         super().__init__(reduction=str(reduction))
         self.spatial_dims, self.fft_signal_size, self.fft_norm = spatial_dims, fft_signal_size, fft_norm
         self.fft_dim = tuple(range(1, spatial_dims + 2))  # GM transforms the channel axis too
@@ -367,5 +368,7 @@ class JukeboxLoss(_Loss):
         return fftn(images, s=self.fft_signal_size, dim=self.fft_dim, norm=self.fft_norm).abs()
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if input.shape != target.shape:
+            raise ValueError(f"input and target must have the same shape, got {tuple(input.shape)} and {tuple(target.shape)}")
         loss = (self.amplitude(target) - self.amplitude(input)) ** 2
         return loss.mean() if self.reduction == "mean" else loss.sum() if self.reduction == "sum" else loss

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 from enum import StrEnum
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .schedules import make_noise_schedule, unsqueeze_right
+from .schedules import _check_steps, make_noise_schedule, unsqueeze_right
 
 # %% auto #0
 __all__ = ['DDPMPredictionType', 'DDPMVarianceType', 'PNDMPredictionType', 'DDIMPredictionType', 'Scheduler',
@@ -66,6 +67,17 @@ def _check_inference_steps(num_inference_steps, num_train_timesteps: int) -> int
         raise ValueError(f"num_inference_steps must be an integer in [1, num_train_timesteps={num_train_timesteps}]"
                          f" (a model trained with {num_train_timesteps} steps can only visit those), got {num_inference_steps!r}")
     return int(num_inference_steps)
+
+def _check_timestep(timestep, num_train_timesteps: int) -> int:
+    "A step t in [0, T) as an int (int, numpy or one-element integer tensor); an error naming `timestep` otherwise."
+    try:
+        if isinstance(timestep, (str, bytes, bool)): raise TypeError
+        t = int(timestep)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"timestep must be an integer in [0, {num_train_timesteps}), got {timestep!r}") from None
+    if bool(t != timestep) or not 0 <= t < num_train_timesteps:
+        raise ValueError(f"timestep must be an integer in [0, num_train_timesteps={num_train_timesteps}), got {timestep!r}")
+    return t
 
 def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     "Standard normal noise shaped like `x`, drawn from `generator` (torch's global generator when None)."
@@ -194,7 +206,7 @@ def _ddpm_step(scheduler: DDPMScheduler, model_output: Tensor, timestep: int, sa
         model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
     if model_output.shape != sample.shape:
         raise ValueError(f"model_output must have the shape of sample {tuple(sample.shape)}, got {tuple(model_output.shape)}")
-    t = int(timestep)
+    t = _check_timestep(timestep, scheduler.num_train_timesteps)
     x0, _ = _to_x0_eps(model_output, sample, scheduler.alphas_cumprod[t], scheduler.prediction_type)
     if scheduler.clip_sample: x0 = x0.clamp(*scheduler.clip_sample_values)
     prev_sample = scheduler._get_mean(t, x0, sample)
@@ -225,7 +237,9 @@ class DDPMScheduler(Scheduler):
         "The step visited after t: t - 1 with all T steps, else the next entry of `timesteps` (-1 after the last)."
         if self.num_inference_steps in (None, self.num_train_timesteps): return t - 1
         ts = self.timesteps.tolist()
-        if t not in ts: raise ValueError(f"timestep {t} is not one of scheduler.timesteps {ts}")
+        if t not in ts:  # GM/MONAI accept any step: theirs is always t -> t - 1
+            warnings.warn(f"timestep {t} is not one of scheduler.timesteps: stepping to {t - 1} as MONAI does", stacklevel=4)
+            return t - 1
         return ts[ts.index(t) + 1] if ts.index(t) + 1 < len(ts) else -1
 
     def _get_mean(self, timestep: int, x_0: Tensor, x_t: Tensor) -> Tensor:
@@ -247,7 +261,7 @@ def _ddim_step(scheduler: DDIMScheduler, model_output: Tensor, timestep: int, sa
                eta: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     "One DDIM stride x_t -> x_{t - T//n} (eqs. 12 and 16); returns (x_prev, x0_hat)."
     if not isinstance(eta, numbers.Real) or eta < 0: raise ValueError(f"eta must be a number >= 0, got {eta!r}")
-    t = int(timestep)
+    t = _check_timestep(timestep, scheduler.num_train_timesteps)
     a_t, a_prev = scheduler.alphas_cumprod[t], scheduler._alpha_prod(t - scheduler.num_train_timesteps // scheduler.num_inference_steps)
     x0, eps = scheduler._x0_eps(model_output, t, sample)
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)        # sigma_t^2 / eta^2, eq. 16
@@ -320,6 +334,7 @@ def _pndm_transfer(scheduler, sample: Tensor, t: int, prev: int, model_output: T
 # %% ../nbs/11_schedulers.ipynb #f9570821
 def _pndm_step_prk(scheduler: PNDMScheduler, model_output: Tensor, timestep: int, sample: Tensor) -> Tensor:
     "One Runge-Kutta stage (call number `counter`); 4 stages make a stride t -> t - delta."
+    _check_timestep(timestep, scheduler.num_train_timesteps)
     stage = scheduler.counter % 4
     prev = int(timestep) - (0 if scheduler.counter % 2 else scheduler._delta // 2)  # stages 0, 2 look half a stride ahead
     t = int(scheduler.prk_timesteps[scheduler.counter - stage])                      # where the stride starts
@@ -335,7 +350,8 @@ def _pndm_step_plms(scheduler: PNDMScheduler, model_output: Tensor, timestep: in
     "One pseudo linear multistep (Adams-Bashforth) stride t -> t - delta."
     if not scheduler.skip_prk_steps and len(scheduler.ets) < 3:
         raise ValueError(f"step_plms can only run after the 12 Runge-Kutta calls (counter={scheduler.counter})")
-    t, prev = int(timestep), int(timestep) - scheduler._delta
+    t = _check_timestep(timestep, scheduler.num_train_timesteps)
+    t, prev = t, t - scheduler._delta
     if scheduler.counter == 1: t, prev = t + scheduler._delta, t       # 2nd call: redo the first stride with 2 estimates
     else: scheduler.ets = scheduler.ets[-3:] + [model_output]
     e = scheduler.ets[::-1]                                              # newest first
@@ -440,6 +456,7 @@ class RFlowScheduler(Scheduler):
                  use_timestep_transform: bool = False, transform_scale: float = 1.0, steps_offset: int = 0,
                  base_img_size_numel: int = 32 * 32 * 32, spatial_dim: int = 3) -> None:
         nn.Module.__init__(self)  # no beta schedule: the path is fixed
+        num_train_timesteps = _check_steps(num_train_timesteps)
         if sample_method not in ("uniform", "logit-normal"):
             raise ValueError(f"sample_method must be 'uniform' or 'logit-normal', got {sample_method!r}")
         self.num_train_timesteps, self.use_discrete_timesteps = num_train_timesteps, use_discrete_timesteps

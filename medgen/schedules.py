@@ -26,14 +26,12 @@ _T = TypeVar("_T")
 
 def unsqueeze_right(arr: _T,       # tensor or array, e.g. (B,)
                     ndim: int) -> _T:  # wanted rank, e.g. `x.ndim`
-    "Append size-1 axes to `arr` until it has `ndim` axes: (B,) -> (B, 1, 1, 1) for ndim=4."
-    if ndim < arr.ndim: raise ValueError(f"ndim={ndim} is smaller than arr.ndim={arr.ndim}")
-    return arr[(...,) + (None,) * (ndim - arr.ndim)]
+    "Append size-1 axes to `arr` until it has `ndim` axes: (B,) -> (B, 1, 1, 1) for ndim=4; `arr` if ndim <= arr.ndim (GM)."
+    return arr if ndim <= arr.ndim else arr[(...,) + (None,) * (ndim - arr.ndim)]
 
 def unsqueeze_left(arr: _T, ndim: int) -> _T:
-    "Prepend size-1 axes to `arr` until it has `ndim` axes: (C,) -> (1, 1, C) for ndim=3."
-    if ndim < arr.ndim: raise ValueError(f"ndim={ndim} is smaller than arr.ndim={arr.ndim}")
-    return arr[(None,) * (ndim - arr.ndim)]
+    "Prepend size-1 axes to `arr` until it has `ndim` axes: (C,) -> (1, 1, C) for ndim=3; `arr` if ndim <= arr.ndim (GM)."
+    return arr if ndim <= arr.ndim else arr[(None,) * (ndim - arr.ndim)]
 
 # %% ../nbs/10_noise_schedules.ipynb #507a58cd
 class _Component(NamedTuple):
@@ -94,6 +92,8 @@ def _check_betas(beta_start, beta_end) -> None:
     for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
         if not isinstance(value, numbers.Real) or not 0 <= value < 1:
             raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    if beta_start > beta_end:
+        raise ValueError(f"beta_start={beta_start!r} > beta_end={beta_end!r}: the betas must not decrease with t")
 
 # %% ../nbs/10_noise_schedules.ipynb #5d5a7ac7
 @NoiseSchedules.add_def("linear_beta", "Linear beta schedule")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adversarial import _act_layer, _conv_block, _norm_layer
-from .attention import _rename_keys
+from .attention import ShapeError, _check_int, _check_int_seq, _rename_keys
 from .autoencoderkl import AEKLDecoder, AutoencoderKL, _aekl_config, _check_input, reparameterize
 from .hub import capture_init_args
 from .unet import DiffusionModelUNet, _run, _unet_forward, _up_blocks
@@ -30,7 +30,7 @@ def _check_seg(seg: Tensor, x: Tensor, label_nc: int) -> None:
     "seg must be (B, label_nc, *spatial) with x's batch B (or 1: one map for all) and number of spatial dims."
     if not isinstance(seg, Tensor): raise TypeError(f"seg: expected a Tensor, got {type(seg).__name__}")
     if seg.ndim != x.ndim or seg.shape[0] not in (1, x.shape[0]) or seg.shape[1] != label_nc:
-        raise ValueError(f"seg: got shape {tuple(seg.shape)}; expected ({x.shape[0]} or 1, label_nc={label_nc}) + "
+        raise ShapeError(f"seg: got shape {tuple(seg.shape)}; expected ({x.shape[0]} or 1, label_nc={label_nc}) + "
                          f"{x.ndim - 2} spatial dims")
 
 _NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")  # of any base norm
@@ -65,6 +65,7 @@ class SPADE(nn.Module):
 def _spade_norm(spatial_dims: int, label_nc: int, hidden_channels: int, norm_num_groups: int, norm_eps: float,
                 affine: bool) -> Callable[[int], SPADE]:
     "norm(channels) for a residual block: SPADE over GroupNorm (affine in GM's UNet, not in its autoencoder)."
+    _check_int("label_nc", label_nc), _check_int("spade_intermediate_channels", hidden_channels)
     return functools.partial(SPADE, label_nc, kernel_size=3, spatial_dims=spatial_dims, hidden_channels=hidden_channels,
                              norm="GROUP", norm_params={"num_groups": norm_num_groups, "eps": norm_eps, "affine": affine})
 
@@ -178,8 +179,10 @@ def _spadenet_config(spatial_dims: int, input_shape: Sequence[int], num_channels
         if num_channels is not None and tuple(num_channels) != tuple(channels):
             raise ValueError(f"num_channels={tuple(num_channels)} and channels={tuple(channels)}: give one of them")
         num_channels = channels
-    if num_channels is None or len(num_channels) == 0:
-        raise TypeError("SPADENet needs num_channels (MONAI core: channels), one entry per level")
+    if num_channels is None: raise ValueError("SPADENet needs num_channels (MONAI core: channels), one entry per level")
+    if spatial_dims not in (2, 3): raise ValueError(f"spatial_dims={spatial_dims!r}: expected 2 or 3")
+    num_channels, input_shape = _check_int_seq("num_channels", num_channels), _check_int_seq("input_shape", input_shape)
+    if z_dim is not None: _check_int("z_dim", z_dim)
     if len(input_shape) != spatial_dims:
         raise ValueError(f"Length of parameter input shape must match spatial_dims; got input_shape={tuple(input_shape)}, "
                          f"spatial_dims={spatial_dims}")
@@ -281,6 +284,9 @@ class SPADENet(nn.Module):
                  *, channels: Sequence[int] | None = None) -> None:
         super().__init__()
         chs, grid = _spadenet_config(spatial_dims, input_shape, num_channels, channels, z_dim, is_vae, upsampling_mode)
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("label_nc", label_nc),
+                        ("spade_intermediate_channels", spade_intermediate_channels), ("kernel_size", kernel_size)):
+            _check_int(name, v)
         self.spatial_dims, self.in_channels, self.out_channels, self.label_nc = spatial_dims, in_channels, out_channels, label_nc
         self.is_vae, self.channels, self.input_shape, self.z_dim = is_vae, chs, tuple(input_shape), z_dim
         if is_vae: self.encoder = SPADENetEncoder(spatial_dims, in_channels, z_dim, chs, grid, kernel_size, norm, act)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import SpatialAttentionBlock, SpatialTransformer, conv_nd, zero_module
+from .attention import (ShapeError, SpatialAttentionBlock, SpatialTransformer, _check_int, _check_int_seq, conv_nd,
+                              zero_module)
 from .hub import capture_init_args
 
 # %% auto #0
@@ -214,7 +215,14 @@ def _per_level(value, n: int, name: str) -> tuple:
 
 def _check_unet(name: str, c: dict) -> None:
     "MONAI's constructor checks, with the argument and value in each message."
-    if c["spatial_dims"] not in (1, 2, 3): raise ValueError(f"spatial_dims={c['spatial_dims']}: expected 1, 2 or 3")
+    if c["spatial_dims"] not in (1, 2, 3): raise ValueError(f"spatial_dims={c['spatial_dims']!r}: expected 1, 2 or 3")
+    _check_int("in_channels", c["in_channels"])
+    for name in ("norm_num_groups", "transformer_num_layers"): _check_int(name, c[name])
+    for name, low in (("num_res_blocks", 1), ("num_head_channels", 0)):  # 0 head channels: a level without attention
+        if isinstance(c[name], Sequence): _check_int_seq(name, c[name], low)
+        else: _check_int(name, c[name], low)
+    if c["cross_attention_dim"] is not None: _check_int("cross_attention_dim", c["cross_attention_dim"])
+    if not c["norm_eps"] > 0: raise ValueError(f"norm_eps={c['norm_eps']!r}: expected a number > 0")
     if c["with_conditioning"] and c["cross_attention_dim"] is None:
         raise ValueError(f"{name} expects dimension of the cross-attention conditioning (cross_attention_dim) "
                          "when using with_conditioning=True")
@@ -228,6 +236,11 @@ def _check_unet(name: str, c: dict) -> None:
     if len(c["num_channels"]) != len(c["attention_levels"]):
         raise ValueError(f"{name} expects num_channels being same size of attention_levels: "
                          f"{len(c['num_channels'])} != {len(c['attention_levels'])}")
+    heads = _per_level(c["num_head_channels"], len(c["num_channels"]), "num_head_channels")
+    for i, (ch, att, hc) in enumerate(zip(c["num_channels"], c["attention_levels"], heads)):
+        if (att or i == len(heads) - 1) and (hc < 1 or ch % hc):  # the last level's heads serve the middle block
+            raise ValueError(f"num_head_channels={c['num_head_channels']!r}: level {i} attends, so its entry must be "
+                             f">= 1 and divide num_channels[{i}]={ch}")
 
 # %% ../nbs/13_diffusion_unet.ipynb #34bf5f91
 def _unet_config(name: str, spatial_dims, in_channels, num_res_blocks, num_channels, attention_levels, norm_num_groups,
@@ -235,7 +248,9 @@ def _unet_config(name: str, spatial_dims, in_channels, num_res_blocks, num_chann
                  cross_attention_dim, upcast_attention, dropout_cattn, channels=None, include_fc=True,
                  use_combined_linear=False, use_checkpointing=False, use_checkpoint=None) -> _UNetConfig:
     "Merge GM's and MONAI core's argument names, validate, and return one entry per level."
+    num_channels = _check_int_seq("num_channels", num_channels)
     if channels is not None:
+        channels = _check_int_seq("channels", channels)
         if tuple(num_channels) not in ((32, 64, 64, 64), tuple(channels)):
             raise ValueError(f"num_channels={tuple(num_channels)} and channels={tuple(channels)}: give one of them")
         num_channels = channels
@@ -315,14 +330,20 @@ def _embed(net: nn.Module, x: Tensor, timesteps: Tensor, context: Tensor | None,
     "e = MLP(gamma(t)) [+ class embedding], in x's dtype; validates the conditioning inputs."
     c = net.config
     if x.ndim != c.spatial_dims + 2 or x.shape[1] != c.in_channels:
-        raise ValueError(f"x: got shape {tuple(x.shape)}; expected (B, {c.in_channels}) + {c.spatial_dims} spatial dims")
+        raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (B, {c.in_channels}) + {c.spatial_dims} spatial dims")
     if context is not None and not c.with_conditioning:
         raise ValueError("context was given: the model should have with_conditioning=True to read it")
+    if context is not None and (context.ndim != 3 or context.shape[-1] != c.cross_attention_dim):
+        raise ShapeError(f"context: got shape {tuple(context.shape)}; expected (B, S, cross_attention_dim={c.cross_attention_dim})")
     if timesteps.shape not in ((x.shape[0],), (1,)):  # (1,): one step for the whole batch, as MONAI's inferers pass it
         raise ValueError(f"timesteps: got shape {tuple(timesteps.shape)}; expected ({x.shape[0]},) or (1,)")
     emb = net.time_embed(get_timestep_embedding(timesteps, c.num_channels[0]).to(x.dtype))
     if net.num_class_embeds is not None:
         if class_labels is None: raise ValueError("class_labels should be provided when num_class_embeds is set")
+        bad = class_labels.is_floating_point() or (class_labels.numel() and not torch.compiler.is_compiling() and not
+                                                    0 <= class_labels.min() <= class_labels.max() < net.num_class_embeds)
+        if bad:
+            raise ValueError(f"class_labels: expected integer ids in [0, num_class_embeds={net.num_class_embeds}), got {class_labels.tolist()}")
         emb = emb + net.class_embedding(class_labels).to(x.dtype)
     return emb
 
@@ -383,6 +404,8 @@ class DiffusionModelUNet(nn.Module):
                          norm_num_groups, norm_eps, resblock_updown, num_head_channels, with_conditioning,
                          transformer_num_layers, cross_attention_dim, upcast_attention, dropout_cattn, channels,
                          include_fc, use_combined_linear, use_checkpointing, use_checkpoint)
+        _check_int("out_channels", out_channels)
+        if num_class_embeds is not None: _check_int("num_class_embeds", num_class_embeds)
         self.config, self.num_class_embeds, self.out_channels = c, num_class_embeds, out_channels
         self.in_channels, self.block_out_channels, self.with_conditioning = in_channels, c.num_channels, with_conditioning
         self.conv_in = conv_nd(spatial_dims, in_channels, c.num_channels[0], 3)
@@ -454,6 +477,8 @@ class DiffusionModelEncoder(nn.Module):
                          attention_levels, norm_num_groups, norm_eps, resblock_updown, num_head_channels,
                          with_conditioning, transformer_num_layers, cross_attention_dim, upcast_attention, 0.0,
                          channels, include_fc, use_combined_linear, use_checkpointing)
+        _check_int("out_channels", out_channels)
+        if num_class_embeds is not None: _check_int("num_class_embeds", num_class_embeds)
         self.config, self.num_class_embeds, self.out_channels = c, num_class_embeds, out_channels
         self.in_channels, self.block_out_channels, self.with_conditioning = in_channels, c.num_channels, with_conditioning
         self.conv_in = conv_nd(spatial_dims, in_channels, c.num_channels[0], 3)

@@ -8,6 +8,7 @@ Docs: https://medgen-book.github.io/medgen/vqvae.html.md"""
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import _CONV
+from .attention import _CONV, ShapeError, _check_int, _check_int_seq
+from .hub import capture_init_args
 from .unet import _run
 
 # %% auto #0
@@ -41,13 +43,15 @@ def _squared_distances(z: Tensor,          # (N, D) latent vectors
 # %% ../nbs/21_vqvae.ipynb #1a51917e
 EMBEDDING_INITS = ("normal", "kaiming_uniform")
 
-def _check_quantizer(spatial_dims, num_embeddings, embedding_dim, decay, epsilon, embedding_init) -> None:
+def _check_quantizer(spatial_dims, num_embeddings, embedding_dim, decay, epsilon, embedding_init,
+                     commitment_cost: float = 0.25) -> None:
     "ValueErrors naming the argument, the value and what was expected."
     if spatial_dims not in (1, 2, 3): raise ValueError(f"spatial_dims={spatial_dims!r}: expected 1, 2 or 3")
     for name, v in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{name}={v!r}: expected an int >= 1")
     if not 0.0 <= decay <= 1.0: raise ValueError(f"decay={decay!r}: expected a number in [0, 1]")
     if not epsilon >= 0.0: raise ValueError(f"epsilon={epsilon!r}: expected a number >= 0")
+    if not commitment_cost >= 0.0: raise ValueError(f"commitment_cost={commitment_cost!r}: expected a number >= 0")
     if embedding_init not in EMBEDDING_INITS:
         raise ValueError(f"embedding_init={embedding_init!r}: expected one of {EMBEDDING_INITS}")
 
@@ -63,7 +67,7 @@ class EMAQuantizer(nn.Module):
                  embedding_init: str = "normal",  # "normal" or "kaiming_uniform"
                  ddp_sync: bool = True):          # all-reduce the codebook statistics across processes
         super().__init__()
-        _check_quantizer(spatial_dims, num_embeddings, embedding_dim, decay, epsilon, embedding_init)
+        _check_quantizer(spatial_dims, num_embeddings, embedding_dim, decay, epsilon, embedding_init, commitment_cost)
         self.spatial_dims, self.num_embeddings, self.embedding_dim = spatial_dims, num_embeddings, embedding_dim
         self.commitment_cost, self.decay, self.epsilon = commitment_cost, decay, epsilon
         self.embedding_init, self.ddp_sync = embedding_init, ddp_sync
@@ -83,14 +87,14 @@ class EMAQuantizer(nn.Module):
 # %% ../nbs/21_vqvae.ipynb #2fb2520b
 def _check_latent(q: EMAQuantizer, inputs: Tensor) -> None:
     if inputs.ndim != q.spatial_dims + 2 or inputs.shape[1] != q.embedding_dim:
-        raise ValueError(f"inputs: got shape {tuple(inputs.shape)}; expected (B, embedding_dim={q.embedding_dim}) "
+        raise ShapeError(f"inputs: got shape {tuple(inputs.shape)}; expected (B, embedding_dim={q.embedding_dim}) "
                          f"+ {q.spatial_dims} spatial dims")
 
 def _quantize(self: EMAQuantizer, inputs: Tensor  # z (B, D, *s)
               ) -> tuple[Tensor, Tensor, Tensor]:  # flat z (N, D) float32, one-hot (N, K), indices (B, *s)
     "Nearest codes k_i = argmin_k ||z_i - e_k||^2, in float32."
     _check_latent(self, inputs)
-    with torch.autocast(inputs.device.type, enabled=False):
+    with torch.autocast(inputs.device.type, enabled=False) if inputs.device.type != "meta" else nullcontext():
         flat = _channels_last(inputs.float())
         idx = _squared_distances(flat, self.embedding.weight).argmin(1)  # k_i = argmin_k ||z_i - e_k||^2
         return flat, F.one_hot(idx, self.num_embeddings).float(), idx.view(inputs.shape[0], *inputs.shape[2:])
@@ -98,7 +102,8 @@ def _quantize(self: EMAQuantizer, inputs: Tensor  # z (B, D, *s)
 def _embed(self: EMAQuantizer, embedding_indices: Tensor  # (B, *s) integer codes
            ) -> Tensor:                                   # (B, D, *s) float32
     "The codes e_k of the indices, channels first."
-    with torch.autocast(embedding_indices.device.type, enabled=False):
+    with (torch.autocast(embedding_indices.device.type, enabled=False) if embedding_indices.device.type != "meta"
+          else nullcontext()):  # meta tensors (shape checks) have no autocast
         return self.embedding(embedding_indices).movedim(-1, 1).contiguous()
 
 EMAQuantizer.quantize, EMAQuantizer.embed = _quantize, _embed
@@ -155,6 +160,7 @@ def codebook_perplexity(indices: Tensor,       # integer codes, any shape
     return torch.exp(-(p * torch.log(p + 1e-10)).sum())
 
 # %% ../nbs/21_vqvae.ipynb #eeb89934
+@capture_init_args
 class VectorQuantizer(nn.Module):
     "GM's wrapper of a quantiser: forward -> (loss, quantized), records `perplexity`; index lookups in both directions."
     def __init__(self, quantizer: nn.Module | None = None):  # an EMAQuantizer (quantize, embed, num_embeddings)
@@ -265,6 +271,11 @@ def _vqvae_config(spatial_dims, in_channels, out_channels, num_channels, num_res
         raise ValueError(f"`num_res_channels` should be a single integer or a tuple of integers with the same length "
                          f"as `num_channels` ({n}), got {num_res_channels!r}")
     if spatial_dims not in (1, 2, 3): raise ValueError(f"spatial_dims={spatial_dims!r}: expected 1, 2 or 3")
+    num_channels, num_res_channels = _check_int_seq("num_channels", num_channels), _check_int_seq("num_res_channels", num_res_channels)
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("embedding_dim", embedding_dim)):
+        _check_int(name, v)
+    _check_int("num_res_layers", num_res_layers, 0)
+    if not 0.0 <= dropout <= 1.0: raise ValueError(f"dropout={dropout!r}: expected a number in [0, 1]")
     return _VQVAEConfig(spatial_dims, in_channels, out_channels, embedding_dim, tuple(num_channels), num_res_layers,
                         tuple(num_res_channels), _level_params(downsample_parameters, n, 4, "downsample_parameters"),
                         _level_params(upsample_parameters, n, 5, "upsample_parameters"), dropout, act, output_act)

@@ -204,3 +204,22 @@ def test_every_network_round_trips(tmp_path, one_thread, ident, cls_name, kwargs
     assert n >= 1 and diff == 0.0
     cfg = json.loads((tmp_path / ident / CONFIG_NAME).read_text())
     assert cfg["class"] == cls_name and cfg["module"].startswith("medgen.")
+
+
+# ---- deployment: torch.export (the successor of TorchScript) traces every network; the exported program computes
+# what the eager network computes (networks that sample get the same seed)
+@pytest.mark.parametrize("ident,cls_name,kwargs,inputs", [pytest.param(*s, id=s[0]) for s in _CHECK.network_specs()])
+def test_every_network_exports(one_thread, ident, cls_name, kwargs, inputs):
+    import warnings
+    import medgen
+    torch.manual_seed(0)
+    net = getattr(medgen, cls_name)(**kwargs).eval()
+    args, kw = inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(net, args, kw)
+    with torch.no_grad():
+        torch.manual_seed(1); eager = _CHECK._flat(net(*args, **kw))
+        torch.manual_seed(1); exported = _CHECK._flat(ep.module()(*args, **kw))
+    assert len(eager) == len(exported)
+    assert max((a - b).abs().max().item() for a, b in zip(eager, exported)) <= 1e-5

@@ -124,3 +124,19 @@ def test_errors():
     with pytest.raises(ValueError, match="takes no `seg` argument"): inf.sample(x, m, seg=x, verbose=False)
     with pytest.raises(NotImplementedError, match="need a DDPMScheduler"): inf.get_likelihood(x, m, verbose=False)
     with pytest.raises(ValueError, match="call set_timesteps"): DiffusionInferer(DPMSolverMultistepScheduler(20)).sample(x, m, verbose=False)
+
+
+def test_gm_likelihood_helpers_kept():
+    "GM-era code calls the inferer's _approx_standard_normal_cdf and _get_decoder_log_likelihood: same numbers as MONAI."
+    from monai.inferers import DiffusionInferer as CoreInferer
+    from medgen.inferers import DiffusionInferer
+    from medgen.schedulers import DDPMScheduler
+    core, ours = CoreInferer(DDPMScheduler(10)), DiffusionInferer(DDPMScheduler(10))
+    g = torch.Generator().manual_seed(0)
+    x = torch.linspace(-5, 5, 201)
+    assert (ours._approx_standard_normal_cdf(x) - core._approx_standard_normal_cdf(x)).abs().max() <= 1e-6
+    assert abs(ours._approx_standard_normal_cdf(torch.zeros(1)).item() - 0.5) < 1e-7
+    img = torch.randint(0, 256, (2, 1, 5, 5), generator=g).float() / 255
+    mu, ls = img + 0.01 * torch.randn(2, 1, 5, 5, generator=g), torch.full((2, 1, 5, 5), -3.0)
+    ref = core._get_decoder_log_likelihood(img, mu, ls, (0, 255), (0, 1))
+    assert (ours._get_decoder_log_likelihood(img, mu, ls, (0, 255), (0, 1)) - ref).abs().max() <= 1e-5

@@ -279,3 +279,45 @@ def test_dpm_solver_is_second_order():
     e_eul = [error(EulerDiscreteScheduler(1000), n) for n in (40, 160)]
     assert math.log(e_dpm[0] / e_dpm[1], 4) > 1.6
     assert 0.8 < math.log(e_eul[0] / e_eul[1], 4) < 1.2
+
+
+def test_unsqueeze_keeps_arr_when_it_has_enough_axes():
+    "GM's unsqueeze_left/right return arr unchanged when ndim <= arr.ndim (no error)."
+    import numpy as np
+    x = torch.ones(2, 3, 4)
+    assert unsqueeze_right(x, 2) is x and unsqueeze_left(x, 1) is x and unsqueeze_right(x, 3) is x
+    a = np.ones((2, 3))
+    assert unsqueeze_left(a, 0) is a and unsqueeze_right(a, 4).shape == (2, 3, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["DDPM", "DDIM", "PNDM-PLMS"])
+@pytest.mark.parametrize("n,ts", [(100, range(99, -1, -1)), (10, range(90, -1, -10)), (10, range(97, -1, -13))])
+def test_step_accepts_any_integer_timestep_with_monai_numbers(name, n, ts):
+    "GM/MONAI code such as `for t in range(...): scheduler.step(out, t, x)` works after set_timesteps, with MONAI's numbers."
+    import warnings
+    import medgen.schedulers as S
+    pairs = {"DDPM": (M.DDPMScheduler, S.DDPMScheduler, {}), "DDIM": (M.DDIMScheduler, S.DDIMScheduler, {}),
+             "PNDM-PLMS": (M.PNDMScheduler, S.PNDMScheduler, {"skip_prk_steps": True})}
+    core_cls, ours_cls, kw = pairs[name]
+    core, ours = core_cls(100, **kw), ours_cls(100, **kw)
+    core.set_timesteps(n), ours.set_timesteps(n)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    xa = xb = x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in ts:
+            torch.manual_seed(t); xa = core.step(torch.sin(3 * xa + t / 50), t, xa)[0]
+            torch.manual_seed(t); xb = ours.step(torch.sin(3 * xb + t / 50), t, xb)[0]
+            assert (xa - xb).abs().max() <= 1e-5, t
+    assert (xb - x).abs().max() > 0.1  # it did move
+
+
+def test_off_grid_ddpm_step_warns_and_bad_timesteps_are_refused():
+    s = DDPMScheduler(100)
+    s.set_timesteps(10)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.warns(UserWarning, match="not one of scheduler.timesteps"): s.step(x, 50, x)
+    for bad in (-1, 100, 2.5):
+        with pytest.raises(ValueError, match="timestep"): s.step(x, bad, x)
+        with pytest.raises(ValueError, match="timestep"): DDIMScheduler(100).step(x, bad, x)
+    with pytest.raises(TypeError, match="timestep"): s.step(x, "5", x)

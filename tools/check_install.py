@@ -25,6 +25,7 @@ def network_specs() -> list[tuple[str, str, dict, callable]]:
     """(id, class name in medgen, constructor arguments, inputs() -> (args, kwargs)) of every public network, built
     with GM's argument names and with MONAI core's (`channels`) where they differ."""
     import torch
+    import medgen
     t2, lab = (lambda: torch.tensor([3, 7])), (lambda: torch.randint(0, 3, (2, 3, 8, 8), generator=_g(1)))
     seg2 = lambda: torch.nn.functional.one_hot(lab()[:, 0], 3).movedim(-1, 1).float()  # noqa: E731
     unet = dict(spatial_dims=2, in_channels=1, out_channels=1, num_res_blocks=1, attention_levels=(False, True),
@@ -74,6 +75,9 @@ def network_specs() -> list[tuple[str, str, dict, callable]]:
          dict(num_tokens=7, max_seq_len=5, attn_layers_dim=8, attn_layers_depth=1, attn_layers_heads=2,
               with_cross_attention=True), lambda: ((torch.randint(0, 7, (2, 5), generator=_g(2)),), {"context": _randn(2, 3, 8)})),
         ("EMAQuantizer", "EMAQuantizer", dict(spatial_dims=2, num_embeddings=6, embedding_dim=4),
+         lambda: ((_randn(2, 4, 3, 3),), {})),
+        ("VectorQuantizer", "VectorQuantizer", dict(quantizer=medgen.EMAQuantizer(spatial_dims=2, num_embeddings=6,
+                                                                                  embedding_dim=4)),
          lambda: ((_randn(2, 4, 3, 3),), {})),
         ("SABlock", "SABlock", dict(hidden_size=8, num_heads=2, qkv_bias=True), lambda: ((_randn(2, 5, 8),), {})),
         ("TransformerBlock", "TransformerBlock", dict(hidden_size=8, mlp_dim=16, num_heads=2, with_cross_attention=True),
