@@ -744,8 +744,11 @@ class Chromium:
                   deviceScaleFactor=1, mobile=False)
         return session
 
-    def _read(self) -> dict:
+    def _read(self, timeout: float = 120) -> dict:
+        import select
         while b"\0" not in self.buf:
+            if not select.select([self.r], [], [], timeout)[0]:
+                raise TimeoutError(f"chromium said nothing for {timeout}s")
             chunk = self.r.read(1 << 16)
             if not chunk: raise RuntimeError("chromium closed its DevTools pipe")
             self.buf += chunk
