@@ -22,6 +22,22 @@ echo "== lint"
 $V/ruff check medgen data_scripts tools tests bench
 $V/python -m pyflakes medgen
 
+echo "== clean install: a new venv with only torch, then \`pip install .\` (no extras): every public name, every network"
+# what a new user gets: tools/check_install.py imports all of medgen.__all__ and runs a forward + save_pretrained /
+# from_pretrained round trip of every network. The source is copied out so the build leaves nothing in the tree;
+# pip's wheel cache makes the second run quick. MEDGEN_SKIP_CLEAN_INSTALL=1 skips it (e.g. offline, no index).
+if [ -z "${MEDGEN_SKIP_CLEAN_INSTALL:-}" ]; then
+  clean=$(mktemp -d "${TMPDIR:-/tmp}/medgen-clean.XXXXXX")
+  trap 'rm -rf "$clean"' EXIT
+  mkdir "$clean/src" && cp -r pyproject.toml README.md medgen "$clean/src/" && rm -rf "$clean/src/medgen/__pycache__"
+  python3 -m venv "$clean/venv"
+  "$clean/venv/bin/pip" install -q --no-compile "torch==2.13.0"  # no .pyc of all of torch: half the time
+  "$clean/venv/bin/pip" install -q --no-compile "$clean/src"
+  check="$PWD/tools/check_install.py"
+  (cd "$clean" && OMP_NUM_THREADS=1 "$clean/venv/bin/python" "$check")
+  rm -rf "$clean"; trap - EXIT
+fi
+
 echo "== pytest (notebooks, preview, unit tests)"
 set +e
 $V/python -m pytest -n "${MEDGEN_TEST_WORKERS:-2}" --dist loadgroup -q -p no:cacheprovider "$@"
