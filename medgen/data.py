@@ -350,9 +350,11 @@ class ManifestDataset(Dataset):
 
 # %% ../nbs/01_data.ipynb #b2aa409f
 def slice_strip(vol: Tensor, axis: str | int = "axial", n: int = 8, size: float = 1.4):
-    "A static figure of `n` evenly spaced slices of `vol` (C, X, Y, Z) along `axis`."
+    "A static figure of `n` evenly spaced slices of `vol` (C, X, Y, Z) along `axis`, across the slices that hold signal."
     ax = _axis(axis)
-    idx = np.linspace(0, vol.shape[ax + 1] - 1, n + 2).round().astype(int)[1:-1]
+    peak = vol.abs().amax(dim=[d for d in range(4) if d != ax + 1])  # brightest voxel of each slice
+    full = (peak > 0.1 * peak.max()).nonzero()[:, 0] if peak.max() > 0 else torch.arange(len(peak))
+    idx = np.linspace(int(full[0]), int(full[-1]), n + 2).round().astype(int)[1:-1]
     return show_images([volume_slice(vol, ax, int(k)) for k in idx], [f"{k}" for k in idx], size=size)
 
 def slice_viewer(vol: Tensor, axis: str | int = "axial", interactive: bool | None = None):
