@@ -285,6 +285,7 @@ MathJax.Hub.Config({
             processEscapes: true, processEnvironments: true, skipTags: ["script", "noscript", "style", "textarea", "pre", "code"]},
   TeX: {extensions: ["AMSmath.js", "AMSsymbols.js", "noErrors.js", "noUndefined.js"], equationNumbers: {autoNumber: "none"}},
   "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
+  "fast-preview": {disabled: true},  // typeset once, not a rough preview first: half the time on a long page
   showMathMenu: false, messageStyle: "none", displayAlign: "center"
 });
 </script>
