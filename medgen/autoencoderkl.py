@@ -225,10 +225,18 @@ def _check_input(t: Tensor, spatial_dims: int, channels: int, name: str) -> None
         raise ShapeError(f"{name}: got shape {tuple(t.shape)}; expected (B, {channels}) + {spatial_dims} spatial dims")
 
 # %% ../nbs/20_kl_vae.ipynb #534506e1
+def _check_divisible(ae: nn.Module, x: Tensor) -> None:
+    "A reconstruction has x's shape only if each spatial side is divisible by 2^(downsamplings); ShapeError otherwise."
+    f = 2 ** sum(isinstance(b, AEKLDownsample) for b in ae.encoder.blocks)
+    if any(s % f for s in x.shape[2:]):
+        raise ShapeError(f"x: spatial shape {tuple(x.shape[2:])} must be divisible by {f} (2 ** (levels - 1)), or the "
+                         f"reconstruction would not have x's shape")
+
 class _LatentCodec:
     "GM's convenience methods of a KL autoencoder, written with its `encode`, `sampling` and `decode`."
     def reconstruct(self, x: Tensor) -> Tensor:
         "Decode the posterior mean: the deterministic reconstruction of x."
+        _check_divisible(self, x)
         return self.decode(self.encode(x)[0])
 
     def encode_stage_2_inputs(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
@@ -291,6 +299,7 @@ class AutoencoderKL(_LatentCodec, nn.Module):
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         "(reconstruction of a posterior sample, z_mu, z_sigma): the reconstruction and KL terms' inputs."
+        _check_divisible(self, x)
         z_mu, z_sigma = self.encode(x)
         return self.decode(self.sampling(z_mu, z_sigma, generator=generator)), z_mu, z_sigma
 

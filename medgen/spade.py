@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .adversarial import _act_layer, _conv_block, _norm_layer
 from .attention import ShapeError, _check_int, _check_int_seq, _rename_keys
-from .autoencoderkl import AEKLDecoder, AutoencoderKL, _aekl_config, _check_input, reparameterize
+from .autoencoderkl import AEKLDecoder, AutoencoderKL, _aekl_config, _check_divisible, _check_input, reparameterize
 from .hub import capture_init_args
 from .unet import DiffusionModelUNet, _run, _unet_forward, _up_blocks
 
@@ -120,11 +120,13 @@ def _spade_decode(self: SPADEAutoencoderKL, z: Tensor,  # (B, latent_channels, *
 
 def _spade_reconstruct(self: SPADEAutoencoderKL, x: Tensor, seg: Tensor) -> Tensor:
     "Decode the posterior mean of x with the labels seg."
+    _check_divisible(self, x)
     return self.decode(self.encode(x)[0], seg)
 
 def _spade_forward(self: SPADEAutoencoderKL, x: Tensor, seg: Tensor,
                    *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     "(reconstruction of a posterior sample with the labels seg, z_mu, z_sigma)."
+    _check_divisible(self, x)
     z_mu, z_sigma = self.encode(x)
     return self.decode(self.sampling(z_mu, z_sigma, generator=generator), seg), z_mu, z_sigma
 

@@ -156,7 +156,9 @@ def codebook_perplexity(indices: Tensor,       # integer codes, any shape
                         num_embeddings: int    # K
                         ) -> Tensor:           # scalar in [1, K]
     "exp(entropy) of the codes' frequencies: the number of equally used codes with the same entropy."
-    p = torch.bincount(indices.flatten(), minlength=num_embeddings).float() / indices.numel()
+    flat = indices.flatten()  # counts by scatter_add: bincount has no meta-device kernel (full-size shape checks)
+    p = torch.zeros(num_embeddings, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+    p = p / flat.numel()
     return torch.exp(-(p * torch.log(p + 1e-10)).sum())
 
 # %% ../nbs/21_vqvae.ipynb #eeb89934
@@ -355,8 +357,18 @@ def _vqvae_decode(self: VQVAE, quantizations: Tensor) -> Tensor:  # z_q (B, D, *
     "x_hat = G(z_q)."
     return _run(self.decoder, quantizations, use_checkpointing=self.use_checkpointing)
 
+def _reconstruction_shape(self: VQVAE, spatial: Sequence[int]) -> tuple[int, ...]:
+    "Spatial shape after the strided convolutions down and the transposed ones up (torch's output-size formulas)."
+    s = list(spatial)
+    for st, k, d, p in self.downsample_parameters: s = [(n + 2 * p - d * (k - 1) - 1) // st + 1 for n in s]
+    for st, k, d, p, op in self.upsample_parameters: s = [(n - 1) * st - 2 * p + d * (k - 1) + op + 1 for n in s]
+    return tuple(s)
+
 def _vqvae_forward(self: VQVAE, images: Tensor) -> tuple[Tensor, Tensor]:
     "(reconstruction, quantization loss)."
+    if images.ndim == self.spatial_dims + 2 and _reconstruction_shape(self, images.shape[2:]) != tuple(images.shape[2:]):
+        raise ShapeError(f"images: spatial shape {tuple(images.shape[2:])} would be reconstructed as "
+                         f"{_reconstruction_shape(self, images.shape[2:])}: use a size the strides divide")
     quantized, loss = self.quantize(self.encode(images))
     return self.decode(quantized), loss
 

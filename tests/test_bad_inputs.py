@@ -78,6 +78,8 @@ bad("aekl-norm_eps=0", lambda: aekl(norm_eps=0.0), "norm_eps")
 AE = aekl()
 bad("aekl.encode-channels", lambda: AE.encode(x2(c=3)), "x", errors=(ValueError, RuntimeError))
 bad("aekl.decode-latent-channels", lambda: AE.decode(torch.randn(2, 3, 4, 4)), "z", errors=(ValueError, RuntimeError))
+bad("aekl.forward-15x15", lambda: AE(x2(n=15)), "x", "divisible", errors=(ValueError, RuntimeError))
+bad("aekl.reconstruct-15x16", lambda: AE.reconstruct(torch.randn(1, 1, 15, 16)), "x", errors=(ValueError, RuntimeError))
 bad("aekl.decode-latent-ndim", lambda: AE.decode(torch.randn(2, 2, 4)), "z", errors=(ValueError, RuntimeError))
 
 # ---- VQVAE and its quantizer
@@ -97,6 +99,7 @@ for n, v in (("commitment_cost", -0.1), ("decay", 1.5), ("epsilon", -1e-3), ("dr
     bad(f"vqvae-{n}={v}", lambda n=n, v=v: vqvae(**{n: v}), n)
 bad("vqvae-embedding_init", lambda: vqvae(embedding_init="uniform"), "embedding_init")
 VQ = vqvae()
+bad("vqvae.forward-15x15", lambda: VQ(x2(n=15)), "images", "(12, 12)", errors=(ValueError, RuntimeError))
 bad("vqvae.forward-channels", lambda: VQ(x2(c=2)), "x", errors=(ValueError, RuntimeError))
 for n, v in (("num_embeddings", 0), ("embedding_dim", -1), ("decay", 2.0), ("epsilon", -1.0), ("spatial_dims", 5)):
     bad(f"ema-{n}={v}", lambda n=n, v=v: EMAQuantizer(**{**dict(spatial_dims=2, num_embeddings=4, embedding_dim=3),
