@@ -201,14 +201,14 @@ class SpatialRescaler(nn.Module):
         _check_rescaler(spatial_dims, n_stages, size, method, multiplier, in_channels, out_channels)
         self.spatial_dims, self.n_stages, self.method, self.in_channels = spatial_dims, n_stages, method, in_channels
         self.size, self.multiplier = size, multiplier
-        self.remap_output = out_channels is not None
-        if self.remap_output:
-            self.channel_mapper = nn.Sequential(OrderedDict(conv=_CONV[spatial_dims](in_channels, out_channels, 1, bias=bias)))
+        self.remap_output = out_channels is not None  # no channel map: an identity (no weights, TorchScript-friendly)
+        self.channel_mapper = (nn.Sequential(OrderedDict(conv=_CONV[spatial_dims](in_channels, out_channels, 1, bias=bias)))
+                               if self.remap_output else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:  # (B, in_channels, *spatial) -> (B, out_channels, *resized)
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ShapeError(f"x: got shape {tuple(x.shape)}; expected (B, {self.in_channels}) + {self.spatial_dims} spatial dims")
-        if self.remap_output: x = self.channel_mapper(x)
+            raise ShapeError(f"x: got shape {list(x.shape)}; expected (B, {self.in_channels}) + {self.spatial_dims} spatial dims")
+        x = self.channel_mapper(x)
         for _ in range(self.n_stages): x = F.interpolate(x, size=self.size, scale_factor=self.multiplier, mode=self.method)
         return x
 

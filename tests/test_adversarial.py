@@ -403,3 +403,20 @@ def test_hub_round_trip(tmp_path):
         assert type(back) is type(m) and list(back.state_dict()) == list(m.state_dict())
         x = torch.randn(1, m.in_channels, *[16] * m.spatial_dims)
         with torch.no_grad(): assert max_diff(m(x), back(x)) == 0
+
+
+def test_discriminators_script_with_torchscript():
+    "MONAI bundles deploy through TorchScript: the scripted discriminators give the eager outputs."
+    import warnings
+    from medgen import MultiScalePatchDiscriminator, PatchDiscriminator
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 16, 16, generator=g)
+    for net in (PatchDiscriminator(2, num_channels=4, in_channels=1, num_layers_d=2).eval(),
+                MultiScalePatchDiscriminator(2, 1, 2, num_channels=4, in_channels=1, minimum_size_im=16).eval()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.script(net)
+        with torch.no_grad():
+            eager, ts = net(x), scripted(x)
+        flat = lambda o: [o] if isinstance(o, torch.Tensor) else [t for i in o for t in flat(i)]  # noqa: E731
+        assert len(flat(eager)) == len(flat(ts)) and all(torch.equal(a, b) for a, b in zip(flat(eager), flat(ts)))

@@ -294,3 +294,26 @@ def test_spade_models_equal_monai():
     a, b = both("get_likelihood", pair, x, InRange(ae), spade_unet, seg=seg[..., :6, :6], save_intermediates=True,
                 verbose=False)
     assert likelihood_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize("kw", [dict(multiplier=0.5, out_channels=2, bias=True), dict(size=(4, 5)), dict(n_stages=0),
+                                dict(spatial_dims=3, method="trilinear", multiplier=2.0)])
+def test_spatial_rescaler_scripts_and_matches_interpolate(kw):
+    "GM's SpatialRescaler: optional 1x1 map then interpolate; TorchScript gives the eager output."
+    import warnings
+    import torch.nn.functional as F
+    from medgen import SpatialRescaler
+    kw = {"spatial_dims": 2, "in_channels": 1, **kw}
+    net = SpatialRescaler(**kw)
+    x = torch.randn(2, 1, *(8,) * kw["spatial_dims"], generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(net)
+    with torch.no_grad():
+        out = net(x)
+        assert torch.equal(scripted(x), out)
+        mapped = net.channel_mapper(x)
+        ref = mapped if kw.get("n_stages", 1) == 0 else F.interpolate(
+            mapped, size=kw.get("size"), scale_factor=kw.get("multiplier"), mode=kw.get("method", "bilinear"))
+    assert torch.equal(out, ref)
+    assert ("out_channels" in kw) == any(k.startswith("channel_mapper.conv") for k in net.state_dict())
