@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, peak_rss, sync  # noqa: E402
 
 
 def configs(quick: bool) -> dict[str, dict]:
@@ -94,10 +95,6 @@ def make_task(impl: str, cfg: dict, device: str):
     return sample, name
 
 
-def sync(device: str) -> None:
-    if device == "cuda": torch.cuda.synchronize()
-
-
 def time_pair(cfg: dict, device: str, repeats: int, warmup: int) -> dict:
     "Median seconds per run of both implementations, alternating runs."
     fns = {impl: make_task(impl, cfg, device) for impl in ("medgen", "monai")}
@@ -112,26 +109,9 @@ def time_pair(cfg: dict, device: str, repeats: int, warmup: int) -> dict:
     return out
 
 
-def _status_bytes(key: str) -> int:
-    "A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak since the last reset)."
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-
-def _cpu_peak_child(impl: str, cfg: dict, threads: int, q) -> None:
-    "In a fresh process: growth of the resident set at its peak during one run, after a warm-up run."
-    import ctypes
-    torch.set_num_threads(threads)
-    fn, _ = make_task(impl, cfg, "cpu")
-    fn()                                     # warm-up: one-time caches and kernels
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap memory back, so the run's own peak shows
-    try:
-        base = _status_bytes("VmRSS:")
-        with open("/proc/self/clear_refs", "w") as f: f.write("5")  # reset the peak (VmHWM) to the current RSS
-    except OSError:  # not Linux: no peak to reset
-        q.put(None); return
-    fn()
-    q.put(_status_bytes("VmHWM:") - base)
+def _task_fn(impl: str, cfg: dict, device: str):
+    "The task callable alone (picklable entry point for the fresh memory process)."
+    return make_task(impl, cfg, device)[0]
 
 
 def peak_memory(impl: str, cfg: dict, device: str) -> int:
@@ -143,11 +123,7 @@ def peak_memory(impl: str, cfg: dict, device: str) -> int:
         torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
         fn(); sync(device)
         return torch.cuda.max_memory_allocated() - base
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_cpu_peak_child, args=(impl, cfg, torch.get_num_threads(), q))
-    p.start(); out = q.get(); p.join()
-    return out
+    return peak_rss(_task_fn, (impl, cfg, "cpu"), threads=torch.get_num_threads())["peak_bytes"]
 
 
 def main() -> None:

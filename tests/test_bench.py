@@ -1,0 +1,83 @@
+"""The benchmarks in bench/ run in their tiny modes and write the JSON they promise; their helpers compute what they say."""
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import _common  # noqa: E402
+
+
+def test_ratio_and_summary_closed_form():
+    r = _common.ratio([2.0, 4.0, 6.0, 8.0, 10.0], [1.0, 2.0, 2.0, 4.0, 10.0])
+    assert r["median"] == 2.0 and r["min"] == 1.0 and r["max"] == 3.0 and r["n"] == 5
+    assert r["of_medians"] == 6.0 / 2.0 and (r["q1"], r["q3"]) == (2.0, 2.0)
+    s = _common.summary([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (s["median"], s["q1"], s["q3"], s["rel_iqr"]) == (3.0, 2.0, 4.0, 2.0 / 3.0)
+
+
+def test_interleaved_rotates_and_counts():
+    calls = []
+    times = _common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # order rotates every round
+    assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+
+
+def test_peak_rss_sees_a_known_allocation():
+    mib = 2**20
+    r = _common.peak_rss(_common.calibration_task, (96 * mib,))
+    if r["peak_bytes"] is None: pytest.skip(r["note"])  # not Linux
+    assert 90 * mib <= r["peak_bytes"] <= 140 * mib
+
+
+def test_attention_tiny(tmp_path, one_thread):
+    import bench_attention
+    out = tmp_path / "a.json"
+    bench_attention.main(["--tiny", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["machine"]["versions"]["torch"] and res["table"]
+    assert len(res["shapes"]) == 4
+    for r in res["shapes"]:
+        assert set(r["paths"]) == {"plain", "sdpa_default", "sdpa_math", "sdpa_flash"}
+        for p in r["paths"].values():
+            assert p["exactness_vs_fp64"]["out_max_abs_diff"] < 1e-5 and p["exactness_vs_fp64"]["grad_max_abs_diff"] < 1e-5
+            assert p["fwd_s"]["median"] > 0 and p["fwdbwd_s"]["median"] > 0
+        assert r["fastest_fwd"] in r["paths"] and r["fastest_fwdbwd"] in r["paths"]
+
+
+def test_peers_tiny(tmp_path, one_thread):
+    import bench_peers
+    out = tmp_path / "p.json"
+    bench_peers.main(["--tiny", "--threads", "1", "--memory", "none", "--out", str(out),
+                      "--cases", "unet_train_2d_64", "unet_train_3d_32", "kl_decode_2d_64", "ddim50_2d_64"])
+    res = json.loads(out.read_text())
+    assert res["machine"]["versions"]["monai"] == "1.6.1" and not res["settings"]["goals_meaningful"]
+    for name, c in res["cases"].items():
+        assert c["params"]["medgen"] == c["params"]["monai_flash"] > 0
+        r = c["threads"]["1"]["ratios"]
+        assert {"medgen/medgen_copy", "medgen/monai_flash"} <= set(r) and all(v["median"] > 0 for v in r.values())
+        if "diffusers" in c["candidates"] and not name.startswith("kl"):  # same weights through the key mapping
+            assert c["params"]["diffusers"] == c["params"]["medgen"] and c["diffusers_max_abs_diff"] < 1e-5
+    assert "diffusers" not in res["cases"]["unet_train_3d_32"]["candidates"]  # no 3D UNet in diffusers
+    assert set(res["goals"]) == {f"{n}@1t" for n in res["cases"]}
+
+
+def test_gpu_check_dry_run(tmp_path, one_thread):
+    import gpu_check
+    out = tmp_path / "g.json"
+    gpu_check.main(["--dry-run", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert not res["errors"] and res["settings"]["tiny"]
+    m = res["parts"]["mfu_unet2d"]
+    assert m["flops_per_step"] > 0 and m["step_s"] > 0 and (m["mfu"] is None) == (m["peak_tflops"] is None)
+    s = res["parts"]["ldm3d_sample"]
+    assert s["unet_flops_per_step"] > 0 and s["decode_s"] > 0 and s["medgen_ddim3"]["steps"] == 3
+    assert "skipped" in res["parts"]["cascade_sr"] or res["parts"]["cascade_sr"]["finite"]
+
+
+def test_peak_flops_table():
+    import gpu_check
+    assert gpu_check.peak_flops("NVIDIA H200") == gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_check.peak_flops("cpu") is None
