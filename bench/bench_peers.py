@@ -10,7 +10,7 @@ and log-variance), so it runs at the matched configuration with its own seeded i
 Timing: see _common.py (round-robin, paired per-round ratios, median and quartiles), for each torch thread count.
 Peak memory: growth of the resident set during one run, in a fresh spawned process per candidate and case.
 
-    python bench/bench_peers.py                       # -> bench/results/peers_cpu.json (full: tens of minutes)
+    python bench/bench_peers.py --budget 900          # -> bench/results/peers_cpu.json (about 20 min on 2 cores)
     python bench/bench_peers.py --tiny --out /tmp/p.json   # seconds: tiny models, one round, for tests
 """
 from __future__ import annotations
@@ -260,18 +260,19 @@ def time_all(todo: dict, res: dict, threads: list[int], repeats: int | None, war
             w = warmup
         else:
             w = warmup if round_s[name] < 10 else 0
-        if w and name not in round_s:  # the warm-up round also measures what a round costs
+        if w:  # the warm-up round also measures what a round costs at this thread count
             round_s[name] = _round_s(interleaved(fns[name], 1, 0))
             w -= 1
         if repeats: n = repeats
         else:
             share = left / (len(items) - i)
-            n = max(min_repeats, min(max_repeats, int(share / max(round_s.get(name, 1e-3), 1e-3)) - w))
-            if th != threads[0] and (w + n) * round_s[name] > left:
+            n = max(min_repeats, min(max_repeats, int(share / max(round_s[name], 1e-3)) - w))
+            if th != threads[0] and (w + min_repeats) * round_s[name] > max(left, 0) + 0.05 * budget_s:
                 entry["threads"][str(th)] = {"skipped": f"time budget: {left:.0f} s left, a round takes "
-                                                        f"{round_s[name]:.0f} s"}
+                                                        f"{round_s[name]:.1f} s"}
                 print(f"[{th}t] {name}: skipped (budget)", flush=True)
                 continue
+            if th != threads[0]: n = max(min_repeats, min(n, int(max(left, 0) / round_s[name]) - w))
         times = interleaved(fns[name], n, w)
         round_s[name] = _round_s(times)
         r = {"times_s": {c: summary(v) for c, v in times.items()},
@@ -323,7 +324,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models, one round (seconds; for tests)")
     ap.add_argument("--repeats", type=int, default=None, help="kept rounds per case (default: from --budget; tiny 1)")
-    ap.add_argument("--budget", type=float, default=900, help="seconds for all timing (without --repeats)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for all timing without --repeats (default 900)")
     ap.add_argument("--warmup", type=int, default=1, help="discarded rounds per case")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run at")
     ap.add_argument("--cases", nargs="*", default=None, help="subset of the case names")
@@ -341,11 +342,12 @@ def main(argv=None) -> dict:
         with_diff = not a.no_diffusers
     except ImportError:
         with_diff = False
-    repeats = a.repeats or (1 if a.tiny else None)
+    repeats = a.repeats or (1 if a.tiny and a.budget is None else None)
+    budget = a.budget or 900.0
     todo = {k: v for k, v in cases(a.tiny).items() if not a.cases or k in a.cases}
     res = {"benchmark": "medgen vs MONAI core (use_flash_attention=True) vs diffusers, fp32, one process",
            "machine": machine("cpu"),
-           "settings": {"tiny": a.tiny, "repeats": repeats or f"from a {a.budget:.0f} s budget (3..15 per case)",
+           "settings": {"tiny": a.tiny, "repeats": repeats or f"from a {budget:.0f} s budget (3..15 per case)",
                         "warmup": a.warmup, "threads": a.threads, "dtype": "float32", "diffusers": with_diff,
                         "memory": a.memory if not a.memory_from else f"from {a.memory_from.name}",
                         "ratio": "median of per-round paired ratios medgen_i / peer_i, [q1, q3] their quartiles",
@@ -367,7 +369,7 @@ def main(argv=None) -> dict:
                 entry["diffusers_max_abs_diff"] = diff
         res["cases"][name] = entry
         print(f"{name}: params " + ", ".join(f"{c} {n:,}" for c, n in entry["params"].items()), flush=True)
-    if not a.no_timing: time_all(todo, res, a.threads, repeats, a.warmup, a.budget)
+    if not a.no_timing: time_all(todo, res, a.threads, repeats, a.warmup, budget)
     if a.memory_from:
         old = json.loads(Path(a.memory_from).read_text())["cases"]
         for name, entry in res["cases"].items():
