@@ -166,17 +166,19 @@ def main(argv=None) -> dict:
            "machine": machine("cpu"), "settings": {"tiny": a.tiny, "rounds": rounds, "min_s": min_s,
                                                    "threads": a.threads, "dtype": "float32", "max_gib": a.max_gib},
            "shapes": []}
+    out = a.out or RESULTS / "attention_cpu.json"
     for s in shapes(a.tiny):
         r = measure(s, rounds if s["L"] < 4096 else min(rounds, 3), min_s, a.max_gib)
         r["loadavg"] = list(os.getloadavg())
         res["shapes"].append(r)
         print(f"{s['label']:26s} d={s['d']:3d} L={s['L']:5d}: fastest fwd {r['fastest_fwd']}, "
               f"fwd+bwd {r['fastest_fwdbwd']}", flush=True)
-    res["table"] = table(res["shapes"])
+        write_json(out, dict(res, partial=True))  # a stopped run keeps the shapes it measured
+    res["partial"], res["table"] = False, table(res["shapes"])
     res["loadavg_at_end"] = list(os.getloadavg())
     res["wall_s"] = time.time() - t0
     print(res["table"])
-    out = write_json(a.out or RESULTS / "attention_cpu.json", res)
+    out = write_json(out, res)
     print(f"-> {out} ({res['wall_s']:.0f} s)")
     return res
 
