@@ -13,12 +13,10 @@ import json
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
