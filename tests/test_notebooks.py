@@ -17,3 +17,19 @@ def test_notebook(nb: Path):
 
 def test_there_are_chapters():
     assert len(NOTEBOOKS) >= 3
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_code_cell_parses(nb: Path):
+    "A quick guard that runs before the slow executions: no cell is cut mid-statement (e.g. by a tool that splits cells)."
+    import ast
+    import json
+    for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        lines = "".join(cell["source"]).splitlines()
+        code = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in lines)
+        try:
+            ast.parse(code)
+        except SyntaxError as e:
+            pytest.fail(f"{nb.name}, cell {i} (id {cell.get('id')}): {e}")
