@@ -146,3 +146,27 @@ def test_index_chapter_table_is_generated_from_the_sidebar():
     readme = (ROOT / "README.md").read_text()
     for nb in book.book_notebooks()[1:]:  # every chapter linked to its page
         assert f"[`{Path(nb).stem}`]({book.SITE_URL}{book.published_name(nb)}.html)" in readme, nb
+
+
+_IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-6][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_figure_has_a_numbered_caption_and_alt_text(nb):
+    "Parts 0-VI: each cell that draws a figure is labelled `fig-*` (numbered) with a `fig-cap` and a `fig-alt`."
+    bare = []
+    for c in json.loads(nb.read_text())["cells"]:
+        if c["cell_type"] != "code" or not any(m in o.get("data", {}) for o in c.get("outputs", []) for m in _IMAGE_MIMES):
+            continue
+        opts = book._cell_options("".join(c["source"]))
+        if not (str(opts.get("label", "")).startswith("fig-") and opts.get("fig-cap") and opts.get("fig-alt")):
+            bare.append(c.get("id"))
+    assert not bare, f"{nb.name}: figure cells without label/fig-cap/fig-alt: {bare}"
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-6][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_no_stray_generator_outputs(nb):
+    "A bare `torch.manual_seed(0)` ending a cell prints `<torch._C.Generator at 0x...>`: assign it to `_` instead."
+    stray = [c.get("id") for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"
+             and any("torch._C.Generator" in "".join(o.get("data", {}).get("text/plain", "")) for o in c.get("outputs", []))]
+    assert not stray, f"{nb.name}: cells {stray} show a torch.Generator object"
