@@ -24,6 +24,12 @@ __all__ = ['MMD_KERNELS', 'KERNEL_TYPES', 'MS_SSIM_WEIGHTS', 'compute_frechet_di
            'PSNRMetric', 'MAEMetric', 'ms_ssim_diversity']
 
 # %% ../nbs/50_metrics.ipynb #81fe8e01
+def _check_finite(**tensors: Tensor) -> None:
+    "A NaN or Inf in an input makes a metric NaN without a word: refuse it, naming the argument (FID, MMD, SSIM, PSNR)."
+    for name, t in tensors.items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() or t.is_complex() else 0
+        if bad: raise ValueError(f"{name} must hold finite values, got {bad} NaN or Inf of {t.numel()}")
+
 def _check_features(x, name: str) -> Tensor:
     "Validate a feature matrix (N, F) called `name`; return it detached, in float64."
     if not isinstance(x, Tensor):
@@ -148,6 +154,7 @@ def compute_mmd(y: Tensor,       # first sample (M, *): real images (M, C, *spat
         raise ValueError(f"y and y_pred must have the same shape per sample (after mapping), got {tuple(y.shape)} "
                          f"and {tuple(y_pred.shape)}")
     a, b = y.detach().flatten(1).double(), y_pred.detach().flatten(1).double()
+    _check_finite(y=a, y_pred=b)
     sigma = kernel_sigma or (_median_sigma(torch.cat([a, b])) if kernel == "gaussian" else 1.0)
     k_aa, k_bb, k_ab = _gram(a, a, kernel, sigma), _gram(b, b, kernel, sigma), _gram(a, b, kernel, sigma)
     return _mean_gram(k_aa, True, biased) + _mean_gram(k_bb, True, biased) - 2 * _mean_gram(k_ab, False, biased)
@@ -212,11 +219,13 @@ def _check_ssim_args(spatial_dims, data_range, kernel_type, kernel_size, kernel_
         if not isinstance(v, (int, float)) or not v > 0: raise ValueError(f"{name} must be a number > 0, got {v!r}")
     if kernel_type not in KERNEL_TYPES:
         raise ValueError(f"kernel_type must be one of {KERNEL_TYPES}, got {kernel_type!r}")
-    return (_per_axis(kernel_size, spatial_dims, "kernel_size", int),
-            _per_axis(kernel_sigma, spatial_dims, "kernel_sigma", float))
+    sizes = _per_axis(kernel_size, spatial_dims, "kernel_size", int)
+    if any(k % 2 == 0 for k in sizes):
+        raise ValueError(f"kernel_size must be odd (a window centred on a pixel), got {kernel_size!r}")
+    return sizes, _per_axis(kernel_sigma, spatial_dims, "kernel_sigma", float)
 
 def _check_images(y_pred, y, spatial_dims: int) -> None:
-    "Both must be tensors of one shape (B, C, *spatial) with `spatial_dims` spatial axes."
+    "Both must be finite tensors of one shape (B, C, *spatial) with `spatial_dims` spatial axes."
     for name, t in (("y_pred", y_pred), ("y", y)):
         if not isinstance(t, Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if y_pred.ndim != spatial_dims + 2:
@@ -224,6 +233,7 @@ def _check_images(y_pred, y, spatial_dims: int) -> None:
                          f"{spatial_dims}, got shape {tuple(y_pred.shape)}")
     if y_pred.shape != y.shape:
         raise ValueError(f"y_pred and y must have the same shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}")
+    _check_finite(y_pred=y_pred, y=y)
 
 # %% ../nbs/50_metrics.ipynb #e592bc04
 def compute_ssim_and_cs(y_pred: Tensor,  # (B, C, *spatial)
@@ -352,7 +362,13 @@ def _image_mean(x: Tensor) -> Tensor:  # (B, ...) -> (B, 1)
     "Mean over every axis but the batch axis."
     return x.flatten(1).mean(1, keepdim=True)
 
-class PSNRMetric(RegressionMetric):
+class _FiniteRegressionMetric(RegressionMetric):
+    "MONAI's shape check, then finite values only (a NaN image would give a NaN score)."
+    def _check_shape(self, y_pred: Tensor, y: Tensor) -> None:
+        super()._check_shape(y_pred, y)
+        _check_finite(y_pred=y_pred, y=y)
+
+class PSNRMetric(_FiniteRegressionMetric):
     "Peak signal-to-noise ratio per image (B, 1), in dB: 20 log10(max_val) - 10 log10(MSE)."
     def __init__(self, max_val: float,      # dynamic range of the images (1.0 for [0, 1], 255 for uint8)
                  reduction: str = "mean", get_not_nans: bool = False) -> None:
@@ -364,7 +380,7 @@ class PSNRMetric(RegressionMetric):
     def _compute_metric(self, y_pred: Tensor, y: Tensor) -> Tensor:
         return 20 * math.log10(self.max_val) - 10 * torch.log10(_image_mean((y - y_pred) ** 2))
 
-class MAEMetric(RegressionMetric):
+class MAEMetric(_FiniteRegressionMetric):
     "Mean absolute error per image (B, 1)."
     def _compute_metric(self, y_pred: Tensor, y: Tensor) -> Tensor: return _image_mean((y - y_pred).abs())
 

@@ -230,3 +230,39 @@ def test_ms_ssim_diversity():
     with pytest.raises(ValueError, match="num_pairs must be an int >= 1 or None, got 0"):
         ms_ssim_diversity(imgs, 2, num_pairs=0, **kw)
     assert math.isfinite(ms_ssim_diversity(torch.rand(3, 1, 20, 20, 20, generator=gen(23)), 3, **kw))
+
+
+def _with_nan(x: torch.Tensor, value: float = float("nan")) -> torch.Tensor:
+    x = x.clone()
+    x.view(-1)[3] = value
+    return x
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name,call", [
+    ("ssim", lambda p, t: SSIMMetric(2, kernel_size=5)(p, t)),
+    ("ms_ssim", lambda p, t: MultiScaleSSIMMetric(2, kernel_size=3, weights=(0.5, 0.5))(p, t)),
+    ("ssim_and_cs", lambda p, t: compute_ssim_and_cs(p, t, 2, 5, 1.5)[0]),
+    ("psnr", lambda p, t: PSNRMetric(1.0)(p, t)),
+    ("mae", lambda p, t: MAEMetric()(p, t)),
+    ("mmd", lambda p, t: MMDMetric()(t, p)),
+    ("mmd_gaussian", lambda p, t: compute_mmd(t, p, kernel="gaussian"))])
+def test_non_finite_inputs_are_refused_like_fid(name, call, bad):
+    "NaN/Inf in an input would make the score NaN silently (MONAI, GM); each metric refuses it, naming the argument."
+    y = torch.rand(4, 1, 16, 16, generator=gen(0))
+    p = torch.rand(4, 1, 16, 16, generator=gen(1))
+    assert torch.isfinite(torch.as_tensor(call(p, y))).all()
+    with pytest.raises(ValueError, match=r"y_pred must hold finite values, got 1 NaN or Inf of 1024"):
+        call(_with_nan(p, bad), y)
+    with pytest.raises(ValueError, match=r"^y must hold finite values"):
+        call(p, _with_nan(y, bad))
+
+
+@pytest.mark.parametrize("make", [lambda: SSIMMetric(2, kernel_size=4), lambda: SSIMMetric(2, win_size=10),
+                                  lambda: SSIMMetric(3, kernel_size=(5, 4, 5)),
+                                  lambda: MultiScaleSSIMMetric(3, kernel_size=4),
+                                  lambda: compute_ssim_and_cs(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), 2, 6, 1.5)])
+def test_even_ssim_kernel_size_is_refused(make):
+    "An even window has no centre pixel: ValueError naming kernel_size and the value given."
+    with pytest.raises(ValueError, match=r"kernel_size must be odd \(a window centred on a pixel\), got"):
+        make()
