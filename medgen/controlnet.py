@@ -18,7 +18,7 @@ from .attention import _check_int, conv_nd, zero_module
 from .hub import capture_init_args
 from .inferers import DiffusionInferer, _takes
 from .latent_diffusion import LatentDiffusionInferer
-from .training import StepContext, _diffusion_target
+from .training import StepContext, _diffusion_target, _from_batch
 from .unet import DiffusionModelUNet, _down_blocks, _embed, _encode, _mid_block, _time_embed, _unet_config
 
 # %% auto #0
@@ -311,10 +311,11 @@ class ControlNetStep:
         self.conditioning_scale, self.phases = conditioning_scale, (controlnet,)
 
     def __call__(self, models, batch, ctx: StepContext):
-        x = batch[self.image_key]
+        x = _from_batch(batch, self.image_key, "image_key")
         noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
         t = torch.randint(0, self.scheduler.num_train_timesteps, (x.shape[0],), generator=ctx.generator, device=x.device)
-        condition = None if self.condition_key is None else batch[self.condition_key]
-        pred = self.inferer(x, models[self.model], models[self.controlnet], noise, t, batch[self.cond_key], condition,
+        condition = None if self.condition_key is None else _from_batch(batch, self.condition_key, "condition_key")
+        control = _from_batch(batch, self.cond_key, "cond_key")
+        pred = self.inferer(x, models[self.model], models[self.controlnet], noise, t, control, condition,
                             self.mode, conditioning_scale=self.conditioning_scale)
         yield self.controlnet, {"mse": F.mse_loss(pred.float(), _diffusion_target(self.scheduler, x, noise, t).float())}

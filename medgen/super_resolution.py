@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .inferers import DiffusionInferer
-from .training import StepContext, _diffusion_target
+from .training import StepContext, _diffusion_target, _from_batch
 
 # %% auto #0
 __all__ = ['downsample', 'resize_linear', 'upscaler_condition', 'UpscalerStep', 'upscale', 'tile_starts', 'blend_weights',
@@ -101,7 +101,8 @@ class UpscalerStep:
 
 # %% ../nbs/42_super_resolution.ipynb #79ef620f
 def _upscaler_call(self: UpscalerStep, models, batch, ctx: StepContext):
-    x, low_res, g = batch[self.image_key], batch[self.low_res_key], ctx.generator
+    x, g = _from_batch(batch, self.image_key, "image_key"), ctx.generator
+    low_res = _from_batch(batch, self.low_res_key, "low_res_key")
     if self.autoencoder is not None:
         with torch.no_grad(): x = models[self.autoencoder].encode_stage_2_inputs(x) * self.scale_factor
     n = x.shape[0]

@@ -715,6 +715,16 @@ def _fit(self: Trainer, resume: bool | str | Path = False) -> list[dict]:
 Trainer.fit = _fit
 
 # %% ../nbs/60_training.ipynb #26081c52
+class _BatchKeyError(KeyError):
+    "A KeyError that prints its message as written (a plain KeyError prints the repr of its argument)."
+    def __str__(self) -> str: return str(self.args[0]) if self.args else ""
+
+def _from_batch(batch, key: str, arg: str):
+    "batch[key]; a missing key raises a KeyError naming it, the step argument that chose it and the keys present."
+    if isinstance(batch, Mapping) and key in batch: return batch[key]
+    has = f"its keys are {sorted(map(str, batch))}" if isinstance(batch, Mapping) else f"it is a {type(batch).__name__}, not a dict"
+    raise _BatchKeyError(f"the batch has no {key!r} ({arg}={key!r}); {has}: pass {arg}= the key that holds it")
+
 def _diffusion_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     "What the model must predict, by `scheduler.prediction_type`: the noise, the clean sample or the velocity."
     kind = getattr(scheduler, "prediction_type", "epsilon")
@@ -740,17 +750,17 @@ class DiffusionStep:
 
 # %% ../nbs/60_training.ipynb #eae4d850
 def _diffusion_call(self: DiffusionStep, models, batch, ctx: StepContext):
-    x = batch[self.image_key]
+    x = _from_batch(batch, self.image_key, "image_key")
     if self.autoencoder is not None:
         with torch.no_grad(): x = models[self.autoencoder].encode_stage_2_inputs(x) * self.scale_factor
     noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
     t = torch.randint(0, self.scheduler.num_train_timesteps, (x.shape[0],), generator=ctx.generator, device=x.device)
     xt, kwargs = self.scheduler.add_noise(x, noise, t), {}
     if self.condition_key is not None:
-        cond = batch[self.condition_key]
+        cond = _from_batch(batch, self.condition_key, "condition_key")
         if self.mode == "concat": xt = torch.cat([xt, cond], dim=1)
         else: kwargs["context"] = cond
-    if self.class_key is not None: kwargs["class_labels"] = batch[self.class_key]
+    if self.class_key is not None: kwargs["class_labels"] = _from_batch(batch, self.class_key, "class_key")
     prediction = models[self.model](xt, t, **kwargs)
     yield self.model, {"mse": F.mse_loss(prediction.float(), _diffusion_target(self.scheduler, x, noise, t).float())}
 
@@ -798,7 +808,7 @@ def _regulariser(out) -> dict[str, Tensor]:
 
 # %% ../nbs/60_training.ipynb #1e417213
 def _autoencoder_call(self: AutoencoderStep, models, batch, ctx: StepContext):
-    x = batch[self.image_key]
+    x = _from_batch(batch, self.image_key, "image_key")
     out = models[self.model](x)
     recon, reg = out[0], _regulariser(out)
     terms = {"recon": self.recon_loss(recon.float(), x.float())}
@@ -837,7 +847,7 @@ class TransformerStep:
         return F.pad(idx, (1, 0), value=self.bos_token)
 
     def __call__(self, models, batch, ctx: StepContext):
-        seq = self.tokens(models, batch[self.image_key])
+        seq = self.tokens(models, _from_batch(batch, self.image_key, "image_key"))
         logits = models[self.model](seq[:, :-1])
         yield self.model, {"ce": F.cross_entropy(logits.transpose(1, 2).float(), seq[:, 1:])}
 

@@ -228,3 +228,35 @@ def test_tensorboard_receives_the_metrics_when_installed(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="tensorboard=True needs the tensorboard package"):
         _trainer(tmp_path / "b", max_steps=1, tensorboard=True).fit()
     _trainer(tmp_path / "c", max_steps=1, tensorboard=None).fit()         # auto: silently off
+
+
+def _steps_with_keys():
+    "Every Trainer step of the book with the batch keys it reads (built lazily: the chapters' modules)."
+    from medgen.controlnet import ControlNetStep
+    from medgen.schedulers import DDPMScheduler
+    from medgen.super_resolution import UpscalerStep
+    from medgen.training import DiffusionStep, TransformerStep
+    s = DDPMScheduler(10)
+    return [(DiffusionStep(s), "image_key", "image"), (DiffusionStep(s, image_key="t1"), "image_key", "t1"),
+            (DiffusionStep(s, condition_key="report"), "condition_key", "report"),
+            (DiffusionStep(s, class_key="label"), "class_key", "label"),
+            (AutoencoderStep(), "image_key", "image"), (TransformerStep(4), "image_key", "image"),
+            (ControlNetStep(s), "image_key", "image"), (ControlNetStep(s, cond_key="flair"), "cond_key", "flair"),
+            (UpscalerStep(s, DDPMScheduler(10), max_noise_level=5), "low_res_key", "low_res")]
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_a_batch_without_the_step_key_names_the_key_and_the_keys_present(i):
+    "A batch without the key a step reads: a KeyError naming the key, the argument that chose it and the keys it has."
+    step, arg, key = _steps_with_keys()[i]
+    x = torch.rand(2, 1, 8, 8)
+    batch = {k: x for k in ("image", "report", "label", "cond", "flair", "low_res", "t1") if k != key}
+    batch["img"] = x
+    ctx = training.StepContext(torch.Generator().manual_seed(0), 0, torch.device("cpu"))
+    models = {k: nn.Identity() for k in ("model", "autoencoder", "transformer", "vqvae", "controlnet", "unet")}
+    with pytest.raises(KeyError) as err:
+        next(iter(step(models, batch, ctx)))
+    msg = str(err.value)
+    assert f"the batch has no {key!r} ({arg}={key!r}); its keys are {sorted(batch)}" in msg, msg
+    with pytest.raises(KeyError, match="it is a tuple, not a dict"):
+        next(iter(step(models, (x, x), ctx)))
