@@ -9,7 +9,9 @@ Docs: https://medgen-book.github.io/medgen/recipes.html.md"""
 # %% ../nbs/70_recipes.ipynb #1bfe1897
 from __future__ import annotations
 
+import importlib.resources
 import json
+import platform
 import math
 import os
 import tempfile
@@ -26,21 +28,25 @@ from .training import (AutoencoderStep, DiffusionStep, StepContext, TrainConfig,
                              atomic_write)
 
 # %% auto #0
-__all__ = ['PROFILES', 'EXPERIMENTS', 'METRICS_KEYS', 'STAND_INS', 'LEVEL_PROMPTS', 'H200_BF16_FLOPS', 'check_profile',
-           'experiment_dir', 'pick_device', 'write_metrics', 'read_metrics', 'collect_metrics', 'AugmentedImages',
-           'experiment_data', 'stack_images', 'dataset_texts', 'build_network', 'network_config', 'count_parameters',
-           'meta_plan', 'fit_stage', 'train_autoencoder', 'embed_prompts', 'WithContext', 'ConditionDropout',
-           'train_clip_scorer', 'ldm_shape', 'PaddedLatents', 'train_diffusion', 'train_transformer', 'sample_ldm',
-           'sample_vqvae_transformer', 'ms_ssim_kwargs', 'fid_extractor', 'generation_metrics',
-           'reconstruction_ms_ssim', 'roc_auc', 'roc_curve', 'save_models']
+__all__ = ['PROFILES', 'EXPERIMENTS', 'METRICS_KEYS', 'STAND_INS', 'LEVEL_PROMPTS', 'H200_BF16_FLOPS', 'BOOK_CARD_KEYS',
+           'check_profile', 'experiment_dir', 'pick_device', 'write_metrics', 'read_metrics', 'collect_metrics',
+           'AugmentedImages', 'experiment_data', 'stack_images', 'dataset_texts', 'build_network', 'network_config',
+           'count_parameters', 'meta_plan', 'fit_stage', 'train_autoencoder', 'embed_prompts', 'WithContext',
+           'ConditionDropout', 'train_clip_scorer', 'ldm_shape', 'PaddedLatents', 'train_diffusion',
+           'train_transformer', 'sample_ldm', 'sample_vqvae_transformer', 'ms_ssim_kwargs', 'fid_extractor',
+           'generation_metrics', 'reconstruction_ms_ssim', 'roc_auc', 'roc_curve', 'save_models', 'book_models_dir',
+           'hardware', 'save_book_models', 'load_book_models']
 
 # %% ../nbs/70_recipes.ipynb #bd04e905
-PROFILES = ("smoke", "full")
+PROFILES = ("smoke", "book", "full")  # CPU seconds; CPU about an hour (the book's models); GPU, the paper's sizes
 EXPERIMENTS = ("I", "II", "III", "IV", "V")
 
-def check_profile(profile: str) -> str:
-    "`profile` itself when it is 'smoke' or 'full'."
-    if profile not in PROFILES: raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+def check_profile(profile: str,
+                  supported: Sequence[str] = ("smoke", "full")) -> str:  # the profiles this notebook offers
+    "`profile` itself when it is one of `supported` (a subset of PROFILES)."
+    if any(p not in PROFILES for p in supported):
+        raise ValueError(f"supported must be a subset of {PROFILES}, got {tuple(supported)!r} (unknown: {[p for p in supported if p not in PROFILES]})")
+    if profile not in supported: raise ValueError(f"profile must be one of {tuple(supported)}, got {profile!r}")
     return profile
 
 def experiment_dir(stem: str,                      # the notebook's stem, e.g. "71_exp1_ldm"
@@ -76,7 +82,7 @@ def write_metrics(out_dir: str | Path, **fields) -> Path:
         raise ValueError(f"write_metrics: missing keys {missing}; expected at least {list(METRICS_KEYS)}")
     if fields["experiment"] not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {fields['experiment']!r}")
-    check_profile(fields["profile"])
+    check_profile(fields["profile"], PROFILES)
     if not isinstance(fields["table"], list) or not all(isinstance(r, Mapping) for r in fields["table"]):
         raise TypeError(f"table must be a list of row dicts, got {type(fields['table']).__name__}")
     path = Path(out_dir) / "metrics.json"
@@ -518,3 +524,49 @@ def save_models(models: Mapping[str, nn.Module],     # name -> trained network
     if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
     return {n: str(save_pretrained(m, Path(out_dir) / "models" / n, network_config(configs[n])))
             for n, m in models.items()}
+
+# %% ../nbs/70_recipes.ipynb #580d7cd9
+BOOK_CARD_KEYS = ("name", "notebook", "command", "data", "licence", "steps", "seconds", "hardware", "metrics")
+
+def book_models_dir() -> Path:
+    "Folder of the book's trained models inside the installed package (medgen/book_models)."
+    return Path(str(importlib.resources.files("medgen"))) / "book_models"
+
+def _check_book_name(name) -> str:
+    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"name must be a non-empty name of letters, digits and '_', got {name!r}")
+    return name
+
+def hardware() -> str:
+    "What a run trained on, in words (CPU model and threads, or the GPU)."
+    if torch.cuda.is_available(): return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
+
+# %% ../nbs/70_recipes.ipynb #4797cf9a
+def save_book_models(name: str,                          # e.g. "exp4_controlnet"
+                     models: Mapping[str, nn.Module],    # network name -> trained network
+                     configs: Mapping[str, Mapping],     # network name -> its build_network config
+                     card: Mapping,                      # BOOK_CARD_KEYS (except name) and anything else
+                     root: str | Path | None = None) -> Path:  # None: book_models_dir()
+    "save_pretrained each network into <root>/<name>/<network> and write its model card; returns the folder."
+    if missing := [k for k in BOOK_CARD_KEYS if k != "name" and k not in card]:
+        raise ValueError(f"card lacks {missing}; expected at least {list(BOOK_CARD_KEYS)}")
+    folder = Path(root or book_models_dir()) / _check_book_name(name)
+    from medgen.hub import save_pretrained
+    if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
+    for n, m in models.items(): save_pretrained(m, folder / n, network_config(configs[n]))
+    card = _json_ready({"name": name, **card, "networks": {n: count_parameters(m) for n, m in models.items()}})
+    text = json.dumps(card, indent=1)
+    atomic_write(folder / "card.json", lambda f: f.write(text.encode()))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in card.items() if k != "name")
+    readme = f"# Book model `{name}`\n\n| | |\n|---|---|\n{rows}\n"
+    atomic_write(folder / "README.md", lambda f: f.write(readme.encode()))
+    return folder
+
+def load_book_models(name: str, root: str | Path | None = None) -> tuple[dict[str, nn.Module], dict] | None:
+    "({network: model in eval mode}, card) of the book model `name`, or None when it is not installed."
+    folder = Path(root or book_models_dir()) / _check_book_name(name)
+    if not (folder / "card.json").is_file(): return None
+    from medgen.hub import from_pretrained
+    card = json.loads((folder / "card.json").read_text())
+    return {n: from_pretrained(folder / n).eval() for n in card["networks"]}, card

@@ -136,6 +136,16 @@ def main() -> int:
             except Exception as e: failed.append(f"{ident}: {type(e).__name__}: {e}")
     print(f"forward + save_pretrained/from_pretrained round trip: {ok}/{len(specs)} networks, outputs equal "
           f"({time.time() - t0:.1f}s)")
+    # the book's trained models ship inside the package (package-data): each one that is installed loads
+    from medgen.experiments import book_models_dir, load_book_models
+    names = sorted(d.name for d in book_models_dir().iterdir() if (d / "card.json").is_file()) \
+        if book_models_dir().is_dir() else []
+    for name in names:
+        try:
+            models, card = load_book_models(name)
+            if set(models) != set(card["networks"]): raise AssertionError(f"networks {sorted(models)} != card's")
+        except Exception as e: failed.append(f"book model {name}: {type(e).__name__}: {e}")
+    print(f"book models installed and loaded: {names}")
     for f in failed: print("FAILED", f)
     return 1 if failed else 0
 
