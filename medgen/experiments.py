@@ -35,7 +35,7 @@ __all__ = ['PROFILES', 'EXPERIMENTS', 'METRICS_KEYS', 'STAND_INS', 'LEVEL_PROMPT
            'ConditionDropout', 'train_clip_scorer', 'ldm_shape', 'PaddedLatents', 'train_diffusion',
            'train_transformer', 'sample_ldm', 'sample_vqvae_transformer', 'ms_ssim_kwargs', 'fid_extractor',
            'generation_metrics', 'reconstruction_ms_ssim', 'roc_auc', 'roc_curve', 'save_models', 'book_models_dir',
-           'hardware', 'save_book_models', 'load_book_models']
+           'hardware', 'book_card_markdown', 'save_book_models', 'load_book_models']
 
 # %% ../nbs/70_recipes.ipynb #bd04e905
 PROFILES = ("smoke", "book", "full")  # CPU seconds; CPU about an hour (the book's models); GPU, the paper's sizes
@@ -543,6 +543,19 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
 
 # %% ../nbs/70_recipes.ipynb #4797cf9a
+def book_card_markdown(card: Mapping) -> str:
+    "A book model's card as a README: what it is, how it was made, its metrics as a table, how to load it."
+    fmt = lambda v: ", ".join(f"{k} {w}" for k, w in v.items()) if isinstance(v, Mapping) else str(v)
+    about = "\n".join(f"| {k} | {fmt(v)} |" for k, v in card.items() if k not in ("name", "metrics"))
+    metrics = card["metrics"]  # {row: {metric: value}}, or one row's {metric: value}
+    if not all(isinstance(m, Mapping) for m in metrics.values()): metrics = {card["name"]: metrics}
+    cols = sorted({k for m in metrics.values() for k in m})
+    table = "\n".join([f"| | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"] +
+                      [f"| {r} | {' | '.join(str(m.get(c, '')) for c in cols)} |" for r, m in metrics.items()])
+    return (f"# Book model `{card['name']}`\n\n| | |\n|---|---|\n{about}\n\n## Metrics\n\n{table}\n\n## Load it\n\n"
+            f"```python\nfrom medgen.experiments import load_book_models\n"
+            f"models, card = load_book_models({card['name']!r})\n```\n")
+
 def save_book_models(name: str,                          # e.g. "exp4_controlnet"
                      models: Mapping[str, nn.Module],    # network name -> trained network
                      configs: Mapping[str, Mapping],     # network name -> its build_network config
@@ -558,9 +571,7 @@ def save_book_models(name: str,                          # e.g. "exp4_controlnet
     card = _json_ready({"name": name, **card, "networks": {n: count_parameters(m) for n, m in models.items()}})
     text = json.dumps(card, indent=1)
     atomic_write(folder / "card.json", lambda f: f.write(text.encode()))
-    rows = "\n".join(f"| {k} | {v} |" for k, v in card.items() if k != "name")
-    readme = f"# Book model `{name}`\n\n| | |\n|---|---|\n{rows}\n"
-    atomic_write(folder / "README.md", lambda f: f.write(readme.encode()))
+    atomic_write(folder / "README.md", lambda f: f.write(book_card_markdown(card).encode()))
     return folder
 
 def load_book_models(name: str, root: str | Path | None = None) -> tuple[dict[str, nn.Module], dict] | None:

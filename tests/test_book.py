@@ -170,3 +170,21 @@ def test_no_stray_generator_outputs(nb):
     stray = [c.get("id") for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"
              and any("torch._C.Generator" in "".join(o.get("data", {}).get("text/plain", "")) for o in c.get("outputs", []))]
     assert not stray, f"{nb.name}: cells {stray} show a torch.Generator object"
+
+
+def test_shipped_book_models_have_cards_and_load():
+    "Each book model in medgen/book_models: a full card, a README made from it, every network loads and runs."
+    from medgen.experiments import BOOK_CARD_KEYS, book_card_markdown, book_models_dir, load_book_models
+    folders = sorted(p for p in book_models_dir().iterdir() if p.is_dir()) if book_models_dir().exists() else []
+    total = sum(f.stat().st_size for f in book_models_dir().rglob("*") if f.is_file()) if folders else 0
+    assert total < 40e6, f"book models take {total / 1e6:.1f} MB; the budget is 40 MB"
+    for folder in folders:
+        card = json.loads((folder / "card.json").read_text())
+        assert set(BOOK_CARD_KEYS) <= set(card), (folder.name, set(BOOK_CARD_KEYS) - set(card))
+        assert (folder / "README.md").read_text() == book_card_markdown(card), folder.name
+        assert (ROOT / card["notebook"]).exists(), card["notebook"]
+        models, _ = load_book_models(folder.name)
+        assert set(models) == set(card["networks"])
+        for n, m in models.items():
+            assert sum(p.numel() for p in m.parameters()) == card["networks"][n]
+            assert all(bool(p.isfinite().all()) for p in m.parameters())
