@@ -296,6 +296,9 @@ MathJax.Hub.Config({
 _IMG_MIMES = (("image/png", "png"), ("image/jpeg", "jpeg"), ("image/svg+xml", "svg"))
 
 
+_NBVAL = re.compile(r"^\s*# NBVAL_[A-Z_]+\s*$")
+
+
 def _cell_options(src: str) -> dict:
     "The `#| key: value` options of a cell (YAML values, so quoted captions keep their colons)."
     import yaml
@@ -454,7 +457,8 @@ def _read_clean(path: Path):
             c["metadata"].setdefault("tags", []).append("remove_input")
         if opts.get("code-fold") in (True, "show"):  # nbdev's "Exported source": a fold, open for `show`
             c["metadata"].setdefault("tags", []).append("code_fold_show" if opts["code-fold"] == "show" else "code_fold")
-        c["source"] = "\n".join(ln for ln in lines if not ln.startswith("#| "))
+        # directives, and nbval's markers (`# NBVAL_CHECK_OUTPUT`: a test's business, not the reader's)
+        c["source"] = "\n".join(ln for ln in lines if not ln.startswith("#| ") and not _NBVAL.match(ln))
         _clean_outputs(c)
         for o in c.get("outputs", []):
             md = o.get("data", {}).get("text/markdown")

@@ -40,7 +40,7 @@ fi
 
 echo "== pytest (notebooks, preview, unit tests)"
 set +e
-$V/python -m pytest -n "${MEDGEN_TEST_WORKERS:-2}" --dist loadgroup -q -p no:cacheprovider --durations=12 "$@"
+$V/python -m pytest -n "${MEDGEN_TEST_WORKERS:-2}" --dist loadfile -q -p no:cacheprovider --durations=12 "$@"
 rc=$?
 set -e
 [ $rc -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
