@@ -188,3 +188,16 @@ def test_shipped_book_models_have_cards_and_load():
         for n, m in models.items():
             assert sum(p.numel() for p in m.parameters()) == card["networks"][n]
             assert all(bool(p.isfinite().all()) for p in m.parameters())
+
+
+@pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_install_cell_names_real_extras(nb):
+    "The Colab install cell's command installs this repository with extras that pyproject declares."
+    import re
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    cells = json.loads(nb.read_text())["cells"][:4]
+    for spec in re.findall(r"\"(medgen(?:\[[^\]]*\])? @ [^\"]+)\"", "\n".join("".join(c["source"]) for c in cells)):
+        wanted = re.match(r"medgen(?:\[([^\]]*)\])?", spec).group(1)
+        unknown = {e.strip() for e in (wanted or "").split(",") if e.strip()} - extras
+        assert not unknown, f"{nb.name}: the install cell asks for extras {sorted(unknown)}; pyproject has {sorted(extras)}"
+        assert spec.endswith("git+https://github.com/medgen-book/medgen"), f"{nb.name}: {spec}"
