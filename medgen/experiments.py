@@ -1,5 +1,5 @@
-"""`medgen.experiments`: one layer on the book's parts that every Part VII chapter calls — where a run writes, networks
-from configs, a training stage with `Trainer`, classifier-free-guidance conditioning, sampling, the paper's
+"""`medgen.experiments`: one layer on the book's parts that every Part VII chapter calls — where a run writes,
+networks built from configs, a training stage with `Trainer`, classifier-free-guidance conditioning, sampling, the paper's
 metrics, a full-size plan checked on the `meta` device, and one `metrics.json` per experiment.
 
 Docs: https://medgen-book.github.io/medgen/recipes.html.md"""
