@@ -35,7 +35,7 @@ __all__ = ['PROFILES', 'EXPERIMENTS', 'METRICS_KEYS', 'STAND_INS', 'LEVEL_PROMPT
            'ConditionDropout', 'train_clip_scorer', 'ldm_shape', 'PaddedLatents', 'train_diffusion',
            'train_transformer', 'sample_ldm', 'sample_vqvae_transformer', 'ms_ssim_kwargs', 'fid_extractor',
            'generation_metrics', 'reconstruction_ms_ssim', 'roc_auc', 'roc_curve', 'save_models', 'book_models_dir',
-           'hardware', 'book_card_markdown', 'save_book_models', 'load_book_models']
+           'hardware', 'book_card_markdown', 'save_book_models', 'load_book_models', 'smoke_book_models', 'loss_curve']
 
 # %% ../nbs/70_recipes.ipynb #bd04e905
 PROFILES = ("smoke", "book", "full")  # CPU seconds; CPU about an hour (the book's models); GPU, the paper's sizes
@@ -520,10 +520,13 @@ def save_models(models: Mapping[str, nn.Module],     # name -> trained network
                 configs: Mapping[str, Mapping],       # name -> the config that built it (build_network)
                 out_dir: str | Path) -> dict[str, str]:
     "save_pretrained each network into out_dir/models/<name>; returns {name: folder}."
+    return _save_networks(models, configs, Path(out_dir) / "models")
+
+def _save_networks(models: Mapping[str, nn.Module], configs: Mapping[str, Mapping], folder: Path) -> dict[str, str]:
+    "save_pretrained each network into folder/<name> with its config; returns {name: folder}."
     from medgen.hub import save_pretrained
     if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
-    return {n: str(save_pretrained(m, Path(out_dir) / "models" / n, network_config(configs[n])))
-            for n, m in models.items()}
+    return {n: str(save_pretrained(m, folder / n, network_config(configs[n]))) for n, m in models.items()}
 
 # %% ../nbs/70_recipes.ipynb #580d7cd9
 BOOK_CARD_KEYS = ("name", "notebook", "command", "data", "licence", "steps", "seconds", "hardware", "metrics")
@@ -565,9 +568,7 @@ def save_book_models(name: str,                          # e.g. "exp4_controlnet
     if missing := [k for k in BOOK_CARD_KEYS if k != "name" and k not in card]:
         raise ValueError(f"card lacks {missing}; expected at least {list(BOOK_CARD_KEYS)}")
     folder = Path(root or book_models_dir()) / _check_book_name(name)
-    from medgen.hub import save_pretrained
-    if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
-    for n, m in models.items(): save_pretrained(m, folder / n, network_config(configs[n]))
+    _save_networks(models, configs, folder)
     card = _json_ready({"name": name, **card, "networks": {n: count_parameters(m) for n, m in models.items()}})
     text = json.dumps(card, indent=1)
     atomic_write(folder / "card.json", lambda f: f.write(text.encode()))
@@ -581,3 +582,22 @@ def load_book_models(name: str, root: str | Path | None = None) -> tuple[dict[st
     from medgen.hub import from_pretrained
     card = json.loads((folder / "card.json").read_text())
     return {n: from_pretrained(folder / n).eval() for n in card["networks"]}, card
+
+# %% ../nbs/70_recipes.ipynb #5bba5a81
+def smoke_book_models(name: str,                    # e.g. "exp4_controlnet"
+                      profile: str,                 # the run's profile: only a smoke run starts from book models
+                      enabled: bool = True,         # the notebook's `use_book_models`
+                      data_dir: str | Path | None = None  # a run on the user's data trains its own
+                      ) -> tuple[dict[str, nn.Module], dict] | None:
+    "The book's models `name` when a smoke run on embedded data may start from them (and says so), else None."
+    book = load_book_models(name) if profile == "smoke" and enabled and data_dir is None else None
+    if book is not None:
+        card = book[1]
+        print(f"{name}: the book's models ({card['steps']} steps, {card['seconds'] / 60:.0f} min on "
+              f"{card['hardware']}); to train in place: use_book_models=False")
+    return book
+
+def loss_curve(run, key: str) -> str:
+    "First -> last logged value of `key` in a stage's history (a stage resumed complete logs nothing)."
+    return f"{run.history[0][key]:.3f} -> {run.history[-1][key]:.3f}" if run.history else "(resumed, complete)"
+
