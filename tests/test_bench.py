@@ -81,3 +81,19 @@ def test_peak_flops_table():
     import gpu_check
     assert gpu_check.peak_flops("NVIDIA H200") == gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_check.peak_flops("cpu") is None
+
+
+def test_sampling_tiny(tmp_path, one_thread):
+    import bench_sampling
+    out = tmp_path / "s.json"
+    res = bench_sampling.main(["--tiny", "--out", str(out)])
+    assert json.loads(out.read_text())["runs"].keys() == res["runs"].keys() == bench_sampling.TINY_STEPS.keys()
+    ref = res["reference"]
+    assert ref["sampler"] == "DDIM" and ref["steps"] == 4 and ref["fid"] > 0 and ref["noise_floor_rel"] >= 0
+    for name, runs in res["runs"].items():
+        assert [r["steps"] for r in runs] == list(bench_sampling.TINY_STEPS[name])
+        assert all(r["fid"] > 0 and r["seconds_per_sample"] > 0 for r in runs)
+        m = res["matched"][name]  # the fewest steps within the tolerance of the reference, or None
+        ok = [r["steps"] for r in runs if r["fid"] <= ref["fid"] * (1 + res["tolerance_rel"])]
+        assert (m is None) == (not ok) and (m is None or m["steps"] == min(ok))
+    assert res["matched"]["DDIM"]["steps"] <= 4  # the reference itself qualifies
