@@ -11,7 +11,7 @@ difference between two entries that means anything at this number of samples.
 RFlow is not in the list: it samples a model trained for rectified flow (velocity along straight paths), and
 ddpm_brain64 predicts noise.
 
-    python bench/bench_sampling.py                          # -> bench/results/sampling_cpu.json (~20 min, 2 cores)
+    python bench/bench_sampling.py                          # -> bench/results/sampling_cpu.json (hours on 2 cores; GPU: minutes)
     python bench/bench_sampling.py --tiny --out /tmp/s.json  # seconds: a random tiny UNet, for tests
 """
 from __future__ import annotations
@@ -43,14 +43,17 @@ def make_scheduler(name: str, steps: int):
 
 
 @torch.no_grad()
-def draw(unet, scheduler, noise: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float]:
-    "Samples in [0, 1] from `noise` (N, 1, H, W) and the seconds they took."
+def draw(unet, scheduler, noise: torch.Tensor, batch_size: int, device: str = "cpu") -> tuple[torch.Tensor, float]:
+    "Samples in [0, 1] (on the CPU) from `noise` (N, 1, H, W) and the seconds they took on `device`."
     from medgen.inferers import DiffusionInferer
+    scheduler = scheduler.to(device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     t0, out = time.perf_counter(), []
     for s in range(0, len(noise), batch_size):
-        x = DiffusionInferer(scheduler).sample(noise[s:s + batch_size], unet, scheduler, verbose=False)
+        x = DiffusionInferer(scheduler).sample(noise[s:s + batch_size].to(device), unet, scheduler, verbose=False)
         out.append(((x.clamp(-1, 1) + 1) / 2).float())
-    return torch.cat(out), time.perf_counter() - t0
+    sync()
+    return torch.cat(out).cpu(), time.perf_counter() - t0
 
 
 def main(argv=None) -> dict:
@@ -60,6 +63,7 @@ def main(argv=None) -> dict:
     p.add_argument("--tolerance", type=float, default=0.05, help="relative FID above the reference that counts as equal")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where to sample, e.g. cuda (features are computed on the CPU)")
     p.add_argument("--tiny", action="store_true", help="a random tiny UNet and 8 samples: seconds, for tests")
     p.add_argument("--out", type=Path, default=RESULTS / "sampling_cpu.json")
     a = p.parse_args(argv)
@@ -82,6 +86,7 @@ def main(argv=None) -> dict:
         (unet,), card = book[0].values(), book[1]
         model, sources, size, steps, n = "ddpm_brain64", tuple(card["sources"]), 64, STEPS, a.num_samples
         extractor, ref_steps = fid_extractor(2), 200
+    unet = unet.to(a.device)
     ds = SliceDataset(sources=sources, size=size, split="train")
     reference = torch.stack([ds[i]["image"] for i in range(len(ds))])
     feats = lambda x: torch.cat([extractor(x[s:s + 64]) for s in range(0, len(x), 64)]).double()
@@ -93,11 +98,11 @@ def main(argv=None) -> dict:
     for name, grid in steps.items():
         runs[name] = []
         for k in grid:
-            x, sec = draw(unet, make_scheduler(name, k), x_T, a.batch_size)
+            x, sec = draw(unet, make_scheduler(name, k), x_T, a.batch_size, a.device)
             runs[name].append({"steps": k, "fid": fid(x), "seconds_per_sample": sec / n})
             print(f"{name:18} {k:4d} steps: FID {runs[name][-1]['fid']:8.2f}  {1e3 * sec / n:7.1f} ms/sample", flush=True)
     ref = next(r for r in runs["DDIM"] if r["steps"] == ref_steps)
-    x2, _ = draw(unet, make_scheduler("DDIM", ref_steps), noise(a.seed + 1), a.batch_size)
+    x2, _ = draw(unet, make_scheduler("DDIM", ref_steps), noise(a.seed + 1), a.batch_size, a.device)
     fid2 = fid(x2)
     noise_floor = abs(fid2 - ref["fid"]) / ref["fid"]
     matched = {}
@@ -107,7 +112,7 @@ def main(argv=None) -> dict:
         matched[name] = None if best is None else {
             "steps": best["steps"], "fid": best["fid"], "speedup_vs_reference": ref["seconds_per_sample"] / best["seconds_per_sample"]}
     res = {"what": "FID against sampling steps per sampler (issue 12: quality-matched sampling)", "model": model,
-           "machine": machine(), "threads": torch.get_num_threads(), "num_samples": n, "reference_images": len(reference),
+           "machine": machine(a.device), "device": a.device, "threads": torch.get_num_threads(), "num_samples": n, "reference_images": len(reference),
            "reference": {"sampler": "DDIM", "steps": ref_steps, **ref, "fid_other_noise": fid2,
                          "noise_floor_rel": noise_floor},
            "tolerance_rel": a.tolerance, "runs": runs, "matched": matched,

@@ -523,10 +523,15 @@ def save_models(models: Mapping[str, nn.Module],     # name -> trained network
     return _save_networks(models, configs, Path(out_dir) / "models")
 
 def _save_networks(models: Mapping[str, nn.Module], configs: Mapping[str, Mapping], folder: Path) -> dict[str, str]:
-    "save_pretrained each network into folder/<name> with its config; returns {name: folder}."
+    "save_pretrained each network into folder/<name> as the medgen class its config names; returns {name: folder}."
     from medgen.hub import save_pretrained
     if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
-    return {n: str(save_pretrained(m, folder / n, network_config(configs[n]))) for n, m in models.items()}
+    saved = {}
+    for n, m in models.items():  # rebuilt from the config: a chapter's own copy of a class saves as the package's
+        net = build_network(configs[n])
+        net.load_state_dict(m.state_dict())  # strict: the config must describe these weights
+        saved[n] = str(save_pretrained(net, folder / n, network_config(configs[n])))
+    return saved
 
 # %% ../nbs/70_recipes.ipynb #580d7cd9
 BOOK_CARD_KEYS = ("name", "notebook", "command", "data", "licence", "steps", "seconds", "hardware", "metrics")

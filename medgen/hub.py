@@ -231,7 +231,7 @@ def from_pretrained(cls_or_dir: type | str | Path,                   # a class, 
     model.load_state_dict(load_weights(_weights_file(directory), map_location), strict=strict)
     return model.to(map_location)
 
-# %% ../nbs/61_hub.ipynb #048b32b0
+# %% ../nbs/61_hub.ipynb #c11676a1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 class UnsafeWeightsError(pickle.UnpicklingError, ValueError):

@@ -186,6 +186,8 @@ def test_shipped_book_models_have_cards_and_load():
         models, _ = load_book_models(folder.name)
         assert set(models) == set(card["networks"])
         for n, m in models.items():
+            module = json.loads((folder / n / "config.json").read_text())["module"]
+            assert module.startswith("medgen."), f"{folder.name}/{n} names module {module!r}: a notebook's own class"
             assert sum(p.numel() for p in m.parameters()) == card["networks"][n]
             assert all(bool(p.isfinite().all()) for p in m.parameters())
 
