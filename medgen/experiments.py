@@ -528,7 +528,7 @@ def _save_networks(models: Mapping[str, nn.Module], configs: Mapping[str, Mappin
     if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
     saved = {}
     for n, m in models.items():  # rebuilt from the config: a chapter's own copy of a class saves as the package's
-        net = build_network(configs[n])
+        with torch.random.fork_rng(devices=[]): net = build_network(configs[n])  # saving leaves the global RNG as it was
         net.load_state_dict(m.state_dict())  # strict: the config must describe these weights
         saved[n] = str(save_pretrained(net, folder / n, network_config(configs[n])))
     return saved

@@ -263,7 +263,7 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu",
                          f"select one with key=...")
     return state
 
-# %% ../nbs/61_hub.ipynb #c50294bb
+# %% ../nbs/61_hub.ipynb #16821bee
 CACHE_ENV = "MEDGEN_CACHE"
 
 class DownloadError(OSError):
@@ -281,7 +281,7 @@ def _url_and_name(url: str | Path) -> tuple[str, str]:
     if not name: raise ValueError(f"url must end in a file name (or pass filename=), got {url!r}")
     return url, name
 
-# %% ../nbs/61_hub.ipynb #782acfeb
+# %% ../nbs/61_hub.ipynb #f4b4aa46
 def download(url: str | Path,                     # http(s)://, file://, or a local path
              sha256: str | None = None,           # expected hex digest (strongly recommended)
              filename: str | None = None,         # name in the cache (default: the URL's last component)

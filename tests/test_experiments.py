@@ -119,3 +119,14 @@ def test_augmented_images_splits_differ_and_repeat():
     assert not torch.equal(tr[0]["image"], te[0]["image"])
     with pytest.raises(IndexError):
         tr[3]
+
+
+def test_saving_models_leaves_the_global_rng_alone(tmp_path):
+    "save_models rebuilds each network from its config to save it; the run's later random draws must not change."
+    import torch
+    from medgen.experiments import build_network, save_models
+    cfg = {"class": "PatchDiscriminator", "spatial_dims": 2, "in_channels": 1, "num_layers_d": 1, "channels": 8}
+    net = build_network(cfg)
+    torch.manual_seed(3); expected = torch.rand(4)
+    torch.manual_seed(3); save_models({"d": net}, {"d": cfg}, tmp_path); got = torch.rand(4)
+    assert torch.equal(got, expected)
