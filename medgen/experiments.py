@@ -9,7 +9,6 @@ Docs: https://medgen-book.github.io/medgen/recipes.html.md"""
 # %% ../nbs/70_recipes.ipynb #1bfe1897
 from __future__ import annotations
 
-import importlib.resources
 import json
 import platform
 import math
@@ -538,7 +537,8 @@ BOOK_CARD_KEYS = ("name", "notebook", "command", "data", "licence", "steps", "se
 
 def book_models_dir() -> Path:
     "Folder of the book's trained models inside the installed package (medgen/book_models)."
-    return Path(str(importlib.resources.files("medgen"))) / "book_models"
+    from medgen.hub import _book_models_root
+    return _book_models_root()
 
 def _check_book_name(name) -> str:
     if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
@@ -599,7 +599,7 @@ def smoke_book_models(name: str,                    # e.g. "exp4_controlnet"
     if book is not None:
         card = book[1]
         print(f"{name}: the book's models ({card['steps']} steps, {card['seconds'] / 60:.0f} min on "
-              f"{card['hardware']}); to train in place: use_book_models=False")
+              f"{card['hardware']}); use_book_models=False does without them")
     return book
 
 def loss_curve(run, key: str) -> str:

@@ -182,9 +182,13 @@ def _weights_file(directory: Path) -> Path:
     raise FileNotFoundError(f"no weights in {directory}: expected {WEIGHTS_NAME} (or model.pt, model.pth, "
                             f"pytorch_model.bin)")
 
+def _book_models_root() -> Path:
+    "medgen/book_models inside the installed package: the book's trained models."
+    return Path(str(importlib.resources.files("medgen"))) / "book_models"
+
 def _book_model(name: str) -> Path | None:
     "The folder of a book model's network, for 'name' (a model of one network) or 'name/network'; None if no such model."
-    root = Path(str(importlib.resources.files("medgen"))) / "book_models"
+    root = _book_models_root()
     parts = str(name).split("/")
     if len(parts) > 2 or not all(p.replace("_", "").isalnum() for p in parts) or not (root / parts[0] / "card.json").is_file():
         return None
@@ -198,7 +202,7 @@ def _book_model(name: str) -> Path | None:
 
 def book_model_names() -> list[str]:
     "Names of the book's trained models installed with medgen (medgen/book_models)."
-    root = Path(str(importlib.resources.files("medgen"))) / "book_models"
+    root = _book_models_root()
     return sorted(p.name for p in root.iterdir() if (p / "card.json").is_file()) if root.is_dir() else []
 
 def from_pretrained(cls_or_dir: type | str | Path,                   # a class, or the directory (class from config)
