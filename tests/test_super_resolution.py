@@ -9,7 +9,8 @@ from monai.inferers import SlidingWindowInferer, sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
 from medgen.schedulers import DDIMScheduler, DDPMScheduler
-from medgen.super_resolution import (PatchPairs, UpscalerStep, blend_weights, cascaded_sample, downsample,
+from medgen.autoencoderkl import AutoencoderKL
+from medgen.super_resolution import (PatchPairs, UpscalerStep, back_project, blend_weights, cascaded_sample, downsample,
                                      resize_linear, sliding_window_sample, tile_starts, upscale, upscaler_condition)
 from medgen.training import StepContext
 from medgen.unet import DiffusionModelUNet
@@ -190,3 +191,36 @@ def test_cascaded_sample_batches():
     low, high = cascaded_sample(first, nearest, 5, batch_size=2)
     assert calls == [2, 2, 1] and torch.equal(high, nearest(low)) and low[:, 0, 0, 0].tolist() == [1, 1, 2, 2, 3]
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"): cascaded_sample(first, nearest, 2, 0)
+
+
+@pytest.mark.parametrize("sd", [2, 3])
+def test_back_projection_converges_to_consistency(sd):
+    "Each pass shrinks the block-mean residual; many passes reach the input to float precision; D(U(y)) fixed points kept."
+    g = torch.Generator().manual_seed(sd)
+    y, x = torch.rand(2, 1, *[4] * sd, generator=g), torch.rand(2, 1, *[8] * sd, generator=g)
+    res = [(downsample(back_project(x, y, n)) - y).abs().max().item() for n in (0, 1, 5, 40)]
+    assert res[0] > res[1] > res[2] > res[3] and res[3] < 1e-4, res
+    assert torch.equal(back_project(x, y, 0), x)
+    assert (back_project(nearest(y), y) - nearest(y)).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="upscaled by one integer factor"): back_project(x, y[:1])
+    with pytest.raises(ValueError, match="iterations must be an int >= 0"): back_project(x, y, 1.5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_upscale_latent_consistency_3d(one_thread, kind):
+    "A latent 3D upscaler (random networks) sampled with consistency: its output's block means are the input's."
+    torch.manual_seed(0)
+    ae = AutoencoderKL(3, 1, 1, num_channels=(4, 4), latent_channels=2, num_res_blocks=1, norm_num_groups=2,
+                       attention_levels=(False, False), with_encoder_nonlocal_attn=False,
+                       with_decoder_nonlocal_attn=False).eval()
+    unet = DiffusionModelUNet(3, 3, 2, num_channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
+                              norm_num_groups=4, num_class_embeds=4).eval()
+    ddim = DDIMScheduler(100, clip_sample=False, prediction_type=kind)
+    ddim.set_timesteps(4)
+    lr = torch.rand(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    run = lambda n: upscale(lr, unet, ddim, AUG, 1, ae, 0.5, generator=torch.Generator().manual_seed(2), consistency=n)
+    plain, held = run(0), run(10)
+    psnr = lambda x: (10 * torch.log10(1 / (downsample(x) - lr).pow(2).mean())).item()
+    assert held.shape == (1, 1, 8, 8, 8) and torch.isfinite(held).all() and torch.equal(held, run(10))
+    assert psnr(held) > 40 and psnr(held) > psnr(plain) + 20, (psnr(plain), psnr(held))
+    with pytest.raises(ValueError, match="consistency must be an int >= 0"): run(-1)
