@@ -33,8 +33,9 @@ __all__ = ['PROFILES', 'EXPERIMENTS', 'METRICS_KEYS', 'STAND_INS', 'LEVEL_PROMPT
            'count_parameters', 'meta_plan', 'fit_stage', 'train_autoencoder', 'embed_prompts', 'WithContext',
            'ConditionDropout', 'train_clip_scorer', 'ldm_shape', 'PaddedLatents', 'train_diffusion',
            'train_transformer', 'sample_ldm', 'sample_vqvae_transformer', 'ms_ssim_kwargs', 'fid_extractor',
-           'generation_metrics', 'reconstruction_ms_ssim', 'roc_auc', 'roc_curve', 'save_models', 'book_models_dir',
-           'hardware', 'book_card_markdown', 'save_book_models', 'load_book_models', 'smoke_book_models', 'loss_curve']
+           'generation_metrics', 'reconstruction_ms_ssim', 'roc_auc', 'roc_curve', 'save_models', 'round_weights',
+           'book_models_dir', 'hardware', 'book_card_markdown', 'save_book_models', 'load_book_models',
+           'smoke_book_models', 'loss_curve']
 
 # %% ../nbs/70_recipes.ipynb #bd04e905
 PROFILES = ("smoke", "book", "full")  # CPU seconds; CPU about an hour (the book's models); GPU, the paper's sizes
@@ -514,14 +515,15 @@ def roc_curve(scores_in: Tensor, scores_out: Tensor) -> tuple[Tensor, Tensor]:
     tpr = torch.stack([(b >= t).double().mean() for t in thresholds])
     return fpr, tpr
 
-# %% ../nbs/70_recipes.ipynb #6270d930
+# %% ../nbs/70_recipes.ipynb #4304247f
 def save_models(models: Mapping[str, nn.Module],     # name -> trained network
                 configs: Mapping[str, Mapping],       # name -> the config that built it (build_network)
                 out_dir: str | Path) -> dict[str, str]:
     "save_pretrained each network into out_dir/models/<name>; returns {name: folder}."
     return _save_networks(models, configs, Path(out_dir) / "models")
 
-def _save_networks(models: Mapping[str, nn.Module], configs: Mapping[str, Mapping], folder: Path) -> dict[str, str]:
+def _save_networks(models: Mapping[str, nn.Module], configs: Mapping[str, Mapping], folder: Path,
+                   dtype: torch.dtype | None = None) -> dict[str, str]:
     "save_pretrained each network into folder/<name> as the medgen class its config names; returns {name: folder}."
     from medgen.hub import save_pretrained
     if missing := set(models) - set(configs): raise ValueError(f"configs must cover every model; missing {sorted(missing)}")
@@ -529,8 +531,15 @@ def _save_networks(models: Mapping[str, nn.Module], configs: Mapping[str, Mappin
     for n, m in models.items():  # rebuilt from the config: a chapter's own copy of a class saves as the package's
         with torch.random.fork_rng(devices=[]): net = build_network(configs[n])  # saving leaves the global RNG as it was
         net.load_state_dict(m.state_dict())  # strict: the config must describe these weights
-        saved[n] = str(save_pretrained(net, folder / n, network_config(configs[n])))
+        saved[n] = str(save_pretrained(net, folder / n, network_config(configs[n]), dtype=dtype))
     return saved
+
+def round_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    "Round every floating parameter and buffer to `dtype` and back, in place: it then computes what a copy stored so does."
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point(): t.copy_(t.to(dtype))
+    return model
 
 # %% ../nbs/70_recipes.ipynb #580d7cd9
 BOOK_CARD_KEYS = ("name", "notebook", "command", "data", "licence", "steps", "seconds", "hardware", "metrics")
@@ -550,7 +559,7 @@ def hardware() -> str:
     if torch.cuda.is_available(): return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
 
-# %% ../nbs/70_recipes.ipynb #4797cf9a
+# %% ../nbs/70_recipes.ipynb #4fe20fc0
 def book_card_markdown(card: Mapping) -> str:
     "A book model's card as a README: what it is, how it was made, its metrics as a table, how to load it."
     fmt = lambda v: ", ".join(f"{k} {w}" for k, w in v.items()) if isinstance(v, Mapping) else str(v)
@@ -568,13 +577,15 @@ def save_book_models(name: str,                          # e.g. "exp4_controlnet
                      models: Mapping[str, nn.Module],    # network name -> trained network
                      configs: Mapping[str, Mapping],     # network name -> its build_network config
                      card: Mapping,                      # BOOK_CARD_KEYS (except name) and anything else
-                     root: str | Path | None = None) -> Path:  # None: book_models_dir()
+                     root: str | Path | None = None,     # None: book_models_dir()
+                     dtype: torch.dtype | None = None) -> Path:  # storage dtype (round_weights first to evaluate it)
     "save_pretrained each network into <root>/<name>/<network> and write its model card; returns the folder."
     if missing := [k for k in BOOK_CARD_KEYS if k != "name" and k not in card]:
         raise ValueError(f"card lacks {missing}; expected at least {list(BOOK_CARD_KEYS)}")
     folder = Path(root or book_models_dir()) / _check_book_name(name)
-    _save_networks(models, configs, folder)
-    card = _json_ready({"name": name, **card, "networks": {n: count_parameters(m) for n, m in models.items()}})
+    _save_networks(models, configs, folder, dtype)
+    card = _json_ready({"name": name, **card, "networks": {n: count_parameters(m) for n, m in models.items()},
+                        **({"weights_dtype": str(dtype)} if dtype is not None else {})})
     text = json.dumps(card, indent=1)
     atomic_write(folder / "card.json", lambda f: f.write(text.encode()))
     atomic_write(folder / "README.md", lambda f: f.write(book_card_markdown(card).encode()))
@@ -588,7 +599,7 @@ def load_book_models(name: str, root: str | Path | None = None) -> tuple[dict[st
     card = json.loads((folder / "card.json").read_text())
     return {n: from_pretrained(folder / n).eval() for n in card["networks"]}, card
 
-# %% ../nbs/70_recipes.ipynb #5bba5a81
+# %% ../nbs/70_recipes.ipynb #ac549802
 def smoke_book_models(name: str,                    # e.g. "exp4_controlnet"
                       profile: str,                 # the run's profile: only a smoke run starts from book models
                       enabled: bool = True,         # the notebook's `use_book_models`
@@ -605,4 +616,3 @@ def smoke_book_models(name: str,                    # e.g. "exp4_controlnet"
 def loss_curve(run, key: str) -> str:
     "First -> last logged value of `key` in a stage's history (a stage resumed complete logs nothing)."
     return f"{run.history[0][key]:.3f} -> {run.history[-1][key]:.3f}" if run.history else "(resumed, complete)"
-

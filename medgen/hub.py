@@ -144,32 +144,38 @@ def _build(config: dict) -> nn.Module:
     "Instantiate an allow-listed class from its {'module', 'class', 'args'} config."
     return _resolve_class(config["module"], config["class"])(**{k: _decode(v) for k, v in config["args"].items()})
 
-# %% ../nbs/61_hub.ipynb #e3854318
+# %% ../nbs/61_hub.ipynb #7d361027
 HUB_FORMAT = "medgen-pretrained/1"
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 
-def _safetensors_state(state: dict) -> dict[str, Tensor]:
-    "A state dict as CPU tensors that share no memory (what safetensors accepts)."
+def _safetensors_state(state: dict, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    "A state dict as CPU tensors that share no memory (what safetensors accepts); floating ones cast to `dtype`."
     out, seen = {}, set()
     for k, v in state.items():
         if not isinstance(v, Tensor): raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
-        t = v.detach().cpu().contiguous()
+        t = v.detach().cpu()
+        t = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
         ptr = t.untyped_storage().data_ptr()
         out[k] = t.clone() if ptr in seen else t
         seen.add(ptr)
     return out
 
-# %% ../nbs/61_hub.ipynb #4dfbbc8b
+# %% ../nbs/61_hub.ipynb #870d6d5f
 def save_pretrained(model: nn.Module, directory: str | Path,
-                    config: dict | None = None) -> Path:  # constructor arguments (default: recorded or inferred)
+                    config: dict | None = None,       # constructor arguments (default: recorded or inferred)
+                    dtype: torch.dtype | None = None  # store floating tensors as this (torch.bfloat16: half the size)
+                    ) -> Path:
     "Save `model` as directory/model.safetensors + directory/config.json (class and constructor arguments)."
     if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16) or None, got {dtype!r}")
     model = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
     if config is not None and not (isinstance(config, dict) and all(isinstance(k, str) for k in config)):
         raise TypeError(f"config must be a dict of constructor arguments by name, got {config!r}")
     cfg = {"format": HUB_FORMAT, **_class_config(model, config), "torch_version": torch.__version__}
     directory = Path(directory)
-    tensors = _safetensors_state(model.state_dict())
+    if dtype is not None: cfg["weights_dtype"] = str(dtype)  # from_pretrained casts back to the model's own dtype
+    tensors = _safetensors_state(model.state_dict(), dtype)
     atomic_write(directory / WEIGHTS_NAME, lambda f: f.write(safetensors.torch.save(tensors, {"format": "pt"})))
     atomic_write(directory / CONFIG_NAME, lambda f: f.write(json.dumps(cfg, indent=1).encode()))
     return directory

@@ -190,6 +190,11 @@ def test_shipped_book_models_have_cards_and_load():
             assert module.startswith("medgen."), f"{folder.name}/{n} names module {module!r}: a notebook's own class"
             assert sum(p.numel() for p in m.parameters()) == card["networks"][n]
             assert all(bool(p.isfinite().all()) for p in m.parameters())
+            if "weights_dtype" in card:  # stored smaller: every floating tensor in the file has that dtype
+                from safetensors import safe_open
+                with safe_open(str(folder / n / "model.safetensors"), "pt") as f:
+                    dtypes = {str(f.get_tensor(k).dtype) for k in f.keys() if f.get_tensor(k).is_floating_point()}
+                assert dtypes == {card["weights_dtype"]}, (folder.name, n, dtypes)
 
 
 @pytest.mark.parametrize("nb", sorted((ROOT / "nbs").glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
