@@ -89,7 +89,7 @@ def test_sampling_tiny(tmp_path, one_thread):
     res = bench_sampling.main(["--tiny", "--out", str(out)])
     assert json.loads(out.read_text())["runs"].keys() == res["runs"].keys() == bench_sampling.TINY_STEPS.keys()
     ref = res["reference"]
-    assert ref["sampler"] == "DDIM" and ref["steps"] == 4 and ref["fid"] > 0 and ref["noise_floor_rel"] >= 0
+    assert ref["sampler"] == "DDIM (clip_sample=False)" and ref["steps"] == 4 and ref["fid"] > 0 and ref["noise_floor_rel"] >= 0
     for name, runs in res["runs"].items():
         assert [r["steps"] for r in runs] == list(bench_sampling.TINY_STEPS[name])
         assert all(r["fid"] > 0 and r["seconds_per_sample"] > 0 for r in runs)
