@@ -198,6 +198,8 @@ def execute(notebooks: list[Path], out: Path | None, inplace: bool, profile: str
         for nb in notebooks:
             drop_injected_parameters(nb)
             nbdev_clean(fname=str(nb))
+    elif profile == "smoke":  # every notebook's default: papermill's injected cell would only repeat it on the page
+        for nb in notebooks: drop_injected_parameters(out / nb.name)
     return failed
 
 
