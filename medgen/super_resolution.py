@@ -141,14 +141,7 @@ def back_project(x: Tensor,                          # x_hat (B, C, *spatial): a
         if value_range is not None: x = x.clamp(*value_range)
     return x
 
-# %% ../nbs/42_super_resolution.ipynb #ddc81caf
-def _output_for_x0(x0: Tensor, sample: Tensor, alpha_prod_t: Tensor, prediction_type: str) -> Tensor:
-    "The network output that implies the clean estimate x0 at x_t = sample (inverts _to_x0_eps's x0 at fixed x_t)."
-    a, b = alpha_prod_t, 1 - alpha_prod_t
-    if prediction_type == "epsilon": return (sample - a**0.5 * x0) / b**0.5
-    if prediction_type == "sample": return x0
-    return (a**0.5 * sample - x0) / b**0.5
-
+# %% ../nbs/42_super_resolution.ipynb #c348a6df
 def _check_consistency(consistency, scheduler) -> None:
     if not isinstance(consistency, int) or isinstance(consistency, bool) or consistency < 0:
         raise ValueError(f"consistency must be an int >= 0 (back-projection passes), got {consistency!r}")
@@ -176,7 +169,8 @@ class _DataConsistent(nn.Module):
         else:
             image = self.autoencoder.decode_stage_2_outputs(z0 / self.scale_factor)
             z0 = z0 + self._encode(back_project(image, self.low_res, self.iterations)) - self._encode(image)
-        return _output_for_x0(z0, z_t, a, kind)
+        eps = (z_t - a.sqrt() * z0) / (1 - a).sqrt()  # the noise that z0 implies at this z_t
+        return _diffusion_target(self.scheduler, z0, eps, timesteps)  # as the network's output: eps, x0 or v
 
 # %% ../nbs/42_super_resolution.ipynb #801c9131
 class _ClassConditioned(nn.Module):
