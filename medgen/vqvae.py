@@ -40,6 +40,12 @@ def _squared_distances(z: Tensor,          # (N, D) latent vectors
     "||z_i - e_k||^2 = ||z_i||^2 + ||e_k||^2 - 2 z_i.e_k for every pair, with one matrix product."
     return z.pow(2).sum(1, keepdim=True) + codebook.t().pow(2).sum(0, keepdim=True) - 2 * z @ codebook.t()
 
+def _nearest(inputs: Tensor, codebook: Tensor, num_embeddings: int) -> tuple[Tensor, Tensor, Tensor]:
+    "flat z (N, D) float32, one-hot (N, K) and indices (B, *s) of the codes nearest to z (B, D, *s)."
+    flat = _channels_last(inputs.float())
+    idx = _squared_distances(flat, codebook).argmin(1)                 # k_i = argmin_k ||z_i - e_k||^2
+    return flat, F.one_hot(idx, num_embeddings).float(), idx.view(inputs.shape[:1] + inputs.shape[2:])
+
 # %% ../nbs/21_vqvae.ipynb #1ef4357f
 EMBEDDING_INITS = ("normal", "kaiming_uniform")
 
@@ -90,21 +96,24 @@ def _check_latent(q: EMAQuantizer, inputs: Tensor) -> None:
         raise ShapeError(f"inputs: got shape {tuple(inputs.shape)}; expected (B, embedding_dim={q.embedding_dim}) "
                          f"+ {q.spatial_dims} spatial dims")
 
+def _no_autocast(t: Tensor):
+    "Autocast off on t's device, eager only (meta tensors, used for shape checks, have no autocast)."
+    return torch.autocast(t.device.type, enabled=False) if t.device.type != "meta" else nullcontext()
+
+@torch.jit.export
 def _quantize(self: EMAQuantizer, inputs: Tensor  # z (B, D, *s)
               ) -> tuple[Tensor, Tensor, Tensor]:  # flat z (N, D) float32, one-hot (N, K), indices (B, *s)
     "Nearest codes k_i = argmin_k ||z_i - e_k||^2, in float32."
+    if torch.jit.is_scripting(): return _nearest(inputs, self.embedding.weight, self.num_embeddings)  # no checks
     _check_latent(self, inputs)
-    with torch.autocast(inputs.device.type, enabled=False) if inputs.device.type != "meta" else nullcontext():
-        flat = _channels_last(inputs.float())
-        idx = _squared_distances(flat, self.embedding.weight).argmin(1)  # k_i = argmin_k ||z_i - e_k||^2
-        return flat, F.one_hot(idx, self.num_embeddings).float(), idx.view(inputs.shape[0], *inputs.shape[2:])
+    with _no_autocast(inputs): return _nearest(inputs, self.embedding.weight, self.num_embeddings)
 
+@torch.jit.export
 def _embed(self: EMAQuantizer, embedding_indices: Tensor  # (B, *s) integer codes
            ) -> Tensor:                                   # (B, D, *s) float32
     "The codes e_k of the indices, channels first."
-    with (torch.autocast(embedding_indices.device.type, enabled=False) if embedding_indices.device.type != "meta"
-          else nullcontext()):  # meta tensors (shape checks) have no autocast
-        return self.embedding(embedding_indices).movedim(-1, 1).contiguous()
+    if torch.jit.is_scripting(): return self.embedding(embedding_indices).movedim(-1, 1).contiguous()
+    with _no_autocast(embedding_indices): return self.embedding(embedding_indices).movedim(-1, 1).contiguous()
 
 EMAQuantizer.quantize, EMAQuantizer.embed = _quantize, _embed
 
@@ -145,7 +154,11 @@ def _quantizer_forward(self: EMAQuantizer, inputs: Tensor  # z (B, D, *s)
     "Quantise z; in training mode also update the codebook from this batch."
     flat, encodings, encoding_indices = self.quantize(inputs)
     quantized = self.embed(encoding_indices)
-    if self.training: _ema_update(self, flat, encodings)
+    if self.training:
+        if torch.jit.is_scripting():
+            raise RuntimeError("EMAQuantizer: codebook EMA updates need the eager module; call .eval() on the "
+                               "scripted module, or train the eager one")
+        _ema_update(self, flat, encodings)
     loss = _commitment_loss(inputs, quantized, self.commitment_cost)
     return _straight_through(inputs, quantized), loss, encoding_indices
 
@@ -177,9 +190,11 @@ class VectorQuantizer(nn.Module):
         self.perplexity = codebook_perplexity(encoding_indices, self.quantizer.num_embeddings)
         return loss, quantized
 
+    @torch.jit.export
     def embed(self, embedding_indices: Tensor) -> Tensor:  # (B, *s) -> (B, D, *s)
         return self.quantizer.embed(embedding_indices)
 
+    @torch.jit.export
     def quantize(self, encodings: Tensor) -> Tensor:  # (B, D, *s) -> indices (B, *s); never updates the codebook
         return self.quantizer.quantize(encodings)[2]
 
@@ -344,19 +359,27 @@ class VQVAE(nn.Module):
                                                       decay, epsilon, embedding_init, ddp_sync))
 
 # %% ../nbs/21_vqvae.ipynb #925bcdfe
+@torch.jit.export
 def _vqvae_encode(self: VQVAE, images: Tensor) -> Tensor:  # (B, C_in, *spatial) -> z (B, D, *s)
     "z = E(x)."
+    if torch.jit.is_scripting(): return self.encoder(images)  # TorchScript: no activation checkpointing
     return _run(self.encoder, images, use_checkpointing=self.use_checkpointing)
 
+@torch.jit.export
 def _vqvae_quantize(self: VQVAE, encodings: Tensor) -> tuple[Tensor, Tensor]:  # z -> (z_q, commitment loss)
     "z_q (straight-through) and the commitment loss; updates the codebook in training mode."
     loss, quantized = self.quantizer(encodings)
     return quantized, loss
 
+@torch.jit.export
 def _vqvae_decode(self: VQVAE, quantizations: Tensor) -> Tensor:  # z_q (B, D, *s) -> (B, C_out, *spatial)
     "x_hat = G(z_q)."
+    if torch.jit.is_scripting(): return self.decoder(quantizations)  # TorchScript: no activation checkpointing
     return _run(self.decoder, quantizations, use_checkpointing=self.use_checkpointing)
 
+VQVAE.encode, VQVAE.quantize, VQVAE.decode = _vqvae_encode, _vqvae_quantize, _vqvae_decode
+
+# %% ../nbs/21_vqvae.ipynb #bb61745c
 def _reconstruction_shape(self: VQVAE, spatial: Sequence[int]) -> tuple[int, ...]:
     "Spatial shape after the strided convolutions down and the transposed ones up (torch's output-size formulas)."
     s = list(spatial)
@@ -366,28 +389,33 @@ def _reconstruction_shape(self: VQVAE, spatial: Sequence[int]) -> tuple[int, ...
 
 def _vqvae_forward(self: VQVAE, images: Tensor) -> tuple[Tensor, Tensor]:
     "(reconstruction, quantization loss)."
-    if images.ndim == self.spatial_dims + 2 and _reconstruction_shape(self, images.shape[2:]) != tuple(images.shape[2:]):
-        raise ShapeError(f"images: spatial shape {tuple(images.shape[2:])} would be reconstructed as "
-                         f"{_reconstruction_shape(self, images.shape[2:])}: use a size the strides divide")
+    if not torch.jit.is_scripting():  # the shape check: eager only
+        if images.ndim == self.spatial_dims + 2 and _reconstruction_shape(self, images.shape[2:]) != tuple(images.shape[2:]):
+            raise ShapeError(f"images: spatial shape {tuple(images.shape[2:])} would be reconstructed as "
+                             f"{_reconstruction_shape(self, images.shape[2:])}: use a size the strides divide")
     quantized, loss = self.quantize(self.encode(images))
     return self.decode(quantized), loss
 
-VQVAE.encode, VQVAE.quantize, VQVAE.decode, VQVAE.forward = _vqvae_encode, _vqvae_quantize, _vqvae_decode, _vqvae_forward
+VQVAE.forward = _vqvae_forward
 
 # %% ../nbs/21_vqvae.ipynb #7fe2fb9a
+@torch.jit.export
 def _index_quantize(self: VQVAE, images: Tensor) -> Tensor:  # (B, C_in, *spatial) -> tokens (B, *s)
     "The images' codebook indices (a pure lookup: the codebook is not updated)."
     return self.quantizer.quantize(self.encode(images))
 
+@torch.jit.export
 def _decode_samples(self: VQVAE, embedding_indices: Tensor) -> Tensor:  # tokens (B, *s) -> (B, C_out, *spatial)
     "Images from codebook indices (e.g. sampled by a transformer)."
     return self.decode(self.quantizer.embed(embedding_indices))
 
+@torch.jit.export
 def _encode_stage_2_inputs(self: VQVAE, x: Tensor, quantized: bool = True) -> Tensor:
     "The latent a second-stage model sees: z_q, or the encoder's z with quantized=False."
     z = self.encode(x)
     return self.quantize(z)[0] if quantized else z
 
+@torch.jit.export
 def _decode_stage_2_outputs(self: VQVAE, z: Tensor) -> Tensor:
     "Quantise a second-stage model's latent, then decode."
     return self.decode(self.quantize(z)[0])

@@ -477,7 +477,8 @@ def test_gm_signatures():
         "spatial_dims", "in_channels", "out_channels", "label_nc", "input_shape", "num_channels", "z_dim", "is_vae",
         "spade_intermediate_channels", "norm", "act", "last_act", "kernel_size", "upsampling_mode"]
     assert _names(SPADENet.forward) == ["seg", "x"] and _names(SPADENet.decode) == ["seg", "z"]
-    assert _names(SPADEAutoencoderKL.decode) == ["z", "seg"] and _names(SPADEAutoencoderKL.forward) == ["x", "seg"]
+    assert _names(SPADEAutoencoderKL.decode) == ["z", "seg"]
+    assert _names(SPADEAutoencoderKL.forward) == ["x", "seg", "generator"]  # generator: not keyword-only (TorchScript)
     assert _names(SPADE.__init__) == [p for p in inspect.signature(CoreSPADE.__init__).parameters if p != "self"]
     with contextlib.redirect_stdout(io.StringIO()):  # MONAI core's keywords are accepted
         SPADEAutoencoderKL(2, 3, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4, num_res_blocks=1,
