@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, fmt_ratio, interleaved, machine, n_params, peak_rss, ratio, summary, write_json  # noqa: E402
 from bench_unet import build as build_unet  # noqa: E402  (medgen/MONAI UNet with MONAI's seeded weights)
 
+from medgen import DiffusionModelUNet  # noqa: E402
+
 PEERS = ("monai_flash", "diffusers")
 # goals of issue 12 at equal precision (fp32): medgen / MONAI-best train or sample time
 GOALS = {"unet_train_2d_128": 0.85, "unet_train_3d_48": 0.85, "unet_train_2d_64": 0.95, "unet_train_3d_32": 0.95,
@@ -68,9 +70,11 @@ def cases(tiny: bool) -> dict[str, dict]:
 
 
 def candidates(case: dict, with_diffusers: bool) -> list[str]:
-    "medgen, its copy, MONAI (flash) and, for 2D UNets and the KL autoencoder, diffusers."
+    """medgen, its copy, MONAI (flash); diffusers for 2D UNets and the KL autoencoder; for 3D UNet training also medgen
+    with gradient checkpointing (`medgen_ckpt`: MONAI's and GM's UNets have none), for its memory and its time cost."""
     out = ["medgen", "medgen_copy", "monai_flash"]
     if with_diffusers and case["net"]["spatial_dims"] == 2: out.append("diffusers")
+    if case["kind"] == "unet_train" and case["net"]["spatial_dims"] == 3: out.append("medgen_ckpt")
     return out
 
 
@@ -132,7 +136,7 @@ def build_kl(impl: str, cfg: dict, seed: int = 0) -> torch.nn.Module:
 
 def build_net(cand: str, case: dict) -> torch.nn.Module:
     "The network of candidate `cand` for `case` (medgen_copy: an independent second medgen model, same weights)."
-    impl = "medgen" if cand == "medgen_copy" else cand
+    impl = "medgen" if cand in ("medgen_copy", "medgen_ckpt") else cand
     if case["kind"].startswith("kl"):
         return diffusers_kl(case["net"]) if impl == "diffusers" else build_kl(impl, case["net"])
     flash = dict(case["net"], use_flash_attention=True)
@@ -140,7 +144,10 @@ def build_net(cand: str, case: dict) -> torch.nn.Module:
         d = diffusers_unet(case["net"])
         d.load_state_dict(monai_unet_to_diffusers(build_unet("monai", flash, "cpu").state_dict()))
         return d
-    return build_unet("medgen" if impl == "medgen" else "monai", flash, "cpu")
+    if cand != "medgen_ckpt": return build_unet("medgen" if impl == "medgen" else "monai", flash, "cpu")
+    ours = DiffusionModelUNet(**flash, use_checkpointing=True)
+    ours.load_state_dict(build_unet("monai", flash, "cpu").state_dict())  # MONAI's seeded weights, as the others
+    return ours
 
 
 # --- the tasks ---------------------------------------------------------------------------------------------------
@@ -317,6 +324,13 @@ def goals(results: dict) -> dict:
         if name.startswith("unet_train_3d") and m is not None:
             out[f"{name}:memory"] = {"goal": MEMORY_GOAL_3D, "ratio": m, "met": m <= MEMORY_GOAL_3D,
                                      "note": "fp32, both at their fp32 settings; the issue's goal is with medgen's defaults"}
+        mem = c.get("memory", {})
+        if name.startswith("unet_train_3d") and "medgen_ckpt" in mem and "monai_flash" in mem:
+            ck, mo = mem["medgen_ckpt"]["peak_bytes"], mem["monai_flash"]["peak_bytes"]
+            if ck and mo:
+                out[f"{name}:memory_checkpointed"] = {
+                    "goal": MEMORY_GOAL_3D, "ratio": ck / mo, "met": ck / mo <= MEMORY_GOAL_3D,
+                    "note": "medgen with use_checkpointing=True against MONAI (flash), which has no checkpointing"}
     return out
 
 

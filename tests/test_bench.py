@@ -61,6 +61,10 @@ def test_peers_tiny(tmp_path, one_thread):
         if "diffusers" in c["candidates"] and not name.startswith("kl"):  # same weights through the key mapping
             assert c["params"]["diffusers"] == c["params"]["medgen"] and c["diffusers_max_abs_diff"] < 1e-5
     assert "diffusers" not in res["cases"]["unet_train_3d_32"]["candidates"]  # no 3D UNet in diffusers
+    c3 = res["cases"]["unet_train_3d_32"]  # medgen with gradient checkpointing: same network, its own timing line
+    assert "medgen_ckpt" in c3["candidates"] and c3["params"]["medgen_ckpt"] == c3["params"]["medgen"]
+    assert c3["threads"]["1"]["ratios"]["medgen/medgen_ckpt"]["median"] > 0
+    assert "medgen_ckpt" not in res["cases"]["unet_train_2d_64"]["candidates"]
     assert set(res["goals"]) == {f"{n}@1t" for n in res["cases"]}
 
 

@@ -177,7 +177,7 @@ def test_shipped_book_models_have_cards_and_load():
     from medgen.experiments import BOOK_CARD_KEYS, book_card_markdown, book_models_dir, load_book_models
     folders = sorted(p for p in book_models_dir().iterdir() if p.is_dir()) if book_models_dir().exists() else []
     total = sum(f.stat().st_size for f in book_models_dir().rglob("*") if f.is_file()) if folders else 0
-    assert total < 45e6, f"book models take {total / 1e6:.1f} MB; the budget is 45 MB (the issue: about 40)"
+    assert total < 40e6, f"book models take {total / 1e6:.1f} MB; the budget is 40 MB (the issue: about 40)"
     for folder in folders:
         card = json.loads((folder / "card.json").read_text())
         assert set(BOOK_CARD_KEYS) <= set(card), (folder.name, set(BOOK_CARD_KEYS) - set(card))

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+import medgen
+
 import monai.inferers as MI
 import monai.networks.schedulers as MS
 from monai.networks.nets import AutoencoderKL as CoreAutoencoderKL
@@ -345,3 +347,36 @@ def test_step_is_diffusion_step_when_fresh_and_trains_only_the_controlnet(tmp_pa
     assert all(torch.equal(v, frozen[k]) for k, v in unet.state_dict().items())
     assert any(z.weight.abs().max() > 0 for z in [cn.controlnet_down_blocks[0], cn.controlnet_mid_block.conv])
     with pytest.raises(ValueError, match="mode"): ControlNetStep(DDPMScheduler(100), mode="add")
+
+
+def _saved_activation_bytes(fn):
+    "fn()'s result and the bytes autograd saved for the backward pass while it ran."
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+@pytest.mark.parametrize("name", ["ControlNet", "DiffusionModelUNet"])
+def test_gradient_checkpointing_in_3d(name):
+    """use_checkpointing (GM and MONAI have it for the autoencoders only): identical outputs and gradients, and the
+    activations kept for the backward pass shrink to a fraction (recomputed block by block)."""
+    kw = dict(spatial_dims=3, in_channels=1, num_channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
+              num_head_channels=8, norm_num_groups=4)
+    kw.update(conditioning_embedding_num_channels=(8,)) if name == "ControlNet" else kw.update(out_channels=1)
+    g = torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(2, 1, 8, 8, 8, generator=g), torch.tensor([3, 500]), torch.randn(2, 1, 8, 8, 8, generator=g)
+    runs = []
+    for ck in (False, True):
+        net = randomize(getattr(medgen, name)(**kw, use_checkpointing=ck), 1).train()
+        out, saved = _saved_activation_bytes(lambda: net(x, t, c) if name == "ControlNet" else net(x, t))
+        outs = [*out[0], out[1]] if name == "ControlNet" else [out]
+        sum(o.square().mean() for o in outs).backward()
+        runs.append((outs, saved, [p.grad for p in net.parameters()]))
+    (o0, s0, g0), (o1, s1, g1) = runs
+    assert all(torch.equal(a, b) for a, b in zip(o0, o1)) and all(torch.equal(a, b) for a, b in zip(g0, g1))
+    assert s1 < 0.5 * s0, (s0, s1)
