@@ -136,7 +136,7 @@ class KVCache:
         self.k, self.v = k, v
         return k, v
 
-# %% ../nbs/12_attention.ipynb #b0dcbbc0
+# %% ../nbs/12_attention.ipynb #fa86ccbb
 def _check_widths(attn: nn.Module, x: Tensor, context: Tensor | None) -> None:
     "x (..., L, hidden_size) and context (..., S, context_dim) for `attn`: a ShapeError naming the argument otherwise."
     width = (attn.qkv if attn.use_combined_linear else attn.to_q).in_features
@@ -190,6 +190,9 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.project(x, context)
         if kv_cache is not None:
             if context is not None: raise ValueError("kv_cache: caches self-attention keys; got a context too")
+            if torch.jit.is_scripting():  # a Python cache reaches TorchScript as a copy: its update would be lost
+                raise RuntimeError("kv_cache: incremental decoding runs in eager mode; a scripted layer attends "
+                                   "to whole sequences")
             k, v = kv_cache.update(k, v)
         p = self.dropout_rate if self.training else 0.0
         y = dot_product_attention(q, k, v, attn_mask, self.causal, p, self.attention_dtype)
@@ -241,7 +244,7 @@ class FeedForward(nn.Module):
         else: h = F.gelu(h)
         return self.drop2(self.linear2(self.drop1(h)))
 
-# %% ../nbs/12_attention.ipynb #a1bf4140
+# %% ../nbs/12_attention.ipynb #97f9e071
 @capture_init_args
 class TransformerBlock(nn.Module):
     "Pre-norm block: x + SA(LN x), [x + CA(LN x, context)], x + MLP(LN x); GM's signature, MONAI core's names."
@@ -255,6 +258,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(hidden_size)
         self.attn = SABlock(hidden_size, num_heads, dropout_rate, qkv_bias, causal, sequence_length,
                             include_fc=include_fc, use_combined_linear=use_combined_linear)
+        self.norm_cross_attn = self.cross_attn = None  # without cross-attention (TorchScript prunes the branch)
         if with_cross_attention:
             self.norm_cross_attn = nn.LayerNorm(hidden_size)
             self.cross_attn = MultiHeadAttention(hidden_size, num_heads, qkv_bias=qkv_bias, dropout_rate=dropout_rate)
@@ -266,7 +270,8 @@ class TransformerBlock(nn.Module):
                 attn_mask: Tensor | None = None,  # self-attention mask, see `dot_product_attention`
                 kv_cache: KVCache | None = None) -> Tensor:  # the self-attention's cache (incremental decoding)
         x = x + self.attn(self.norm1(x), attn_mask=attn_mask, kv_cache=kv_cache)
-        if self.with_cross_attention: x = x + self.cross_attn(self.norm_cross_attn(x), context)
+        if self.cross_attn is not None and self.norm_cross_attn is not None:
+            x = x + self.cross_attn(self.norm_cross_attn(x), context)
         return x + self.mlp(self.norm2(x))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

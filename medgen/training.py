@@ -67,18 +67,33 @@ def _step_phases(step: Callable, optimizers: Mapping) -> tuple[str, ...]:
         raise ValueError(f"step.phases must name optimizers, got {phases!r}; optimizers: {sorted(optimizers)}")
     return phases
 
-# %% ../nbs/60_training.ipynb #8eed1235
-PRECISIONS = ("fp32", "bf16", "fp16")
+# %% ../nbs/60_training.ipynb #5b23644a
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+@functools.lru_cache
+def _native_bf16(device_type: str) -> bool:
+    "Does this machine compute bfloat16 natively on `device_type` (CUDA: Ampere or later; CPU: AVX512-BF16 or AMX)?"
+    if device_type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu": return False
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(f() for f in checks if f is not None)
+
+def _resolve_precision(device: torch.device, precision: str) -> str:
+    "'auto': bf16 with native bfloat16, else fp16 on CUDA, else fp32; any other precision as given."
+    if precision != "auto": return precision
+    if _native_bf16(device.type): return "bf16"
+    return "fp16" if device.type == "cuda" else "fp32"
 
 def _autocast(device: torch.device, precision: str):
     "Autocast context for `precision` on `device` (a no-op for fp32)."
+    precision = _resolve_precision(device, precision)
     if precision == "fp32": return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 def _grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
     "A gradient scaler for fp16 (meant for CUDA; CPU works for tests), None otherwise."
-    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return torch.amp.GradScaler(device.type) if _resolve_precision(device, precision) == "fp16" else None
 
 # %% ../nbs/60_training.ipynb #5f8e1149
 LR_SCHEDULES = ("constant", "cosine")
@@ -379,7 +394,7 @@ class _ModelView(Mapping):
     def __iter__(self): return iter(self.models)
     def __len__(self) -> int: return len(self.models)
 
-# %% ../nbs/60_training.ipynb #e8a8d178
+# %% ../nbs/60_training.ipynb #6e07500a
 def _check_int(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -390,7 +405,7 @@ class TrainConfig:
     max_steps: int = 1000             # optimiser steps
     batch_size: int = 8               # per process and micro-batch
     accumulate: int = 1               # micro-batches per optimiser step
-    precision: str = "fp32"           # "fp32", "bf16" (autocast) or "fp16" (autocast + gradient scaler)
+    precision: str = "fp32"           # "fp32", "bf16" (autocast), "fp16" (+ gradient scaler), "auto" (by hardware)
     clip_grad_norm: float | None = None   # max global gradient norm per optimiser
     warmup_steps: int = 0             # linear learning-rate warm-up
     lr_schedule: str = "constant"     # after the warm-up: "constant" or "cosine"

@@ -65,7 +65,7 @@ def _decoder_blocks(dim: int, depth: int, heads: int, max_seq_len: int, with_cro
                                            include_fc=include_fc, use_combined_linear=use_combined_linear)
                           for _ in range(depth)])
 
-# %% ../nbs/31_transformer.ipynb #1b57e4b0
+# %% ../nbs/31_transformer.ipynb #4e345c59
 @capture_init_args
 class DecoderOnlyTransformer(nn.Module):
     "GM's autoregressive transformer: tokens (B, L) [+ context (B, S, D)] -> next-token logits (B, L, num_tokens)."
@@ -91,9 +91,9 @@ class DecoderOnlyTransformer(nn.Module):
 
     def forward(self, x: Tensor,                         # tokens (B, L): the new ones when kv_cache is given
                 context: Tensor | None = None,           # (B, S, attn_layers_dim), read with cross-attention
-                *, kv_cache: list[KVCache] | None = None) -> Tensor:  # from `init_cache`; updated in place
+                kv_cache: list[KVCache] | None = None) -> Tensor:  # from `init_cache`; updated in place
         offset = 0 if kv_cache is None else kv_cache[0].length
-        _check_tokens(x, self.num_tokens, self.max_seq_len, offset)
+        if not torch.jit.is_scripting(): _check_tokens(x, self.num_tokens, self.max_seq_len, offset)
         h = self.embedding_dropout(self.token_embeddings(x) + self.position_embeddings(x, offset))
         for n, block in enumerate(self.blocks):
             h = block(h, context=context, kv_cache=None if kv_cache is None else kv_cache[n])

@@ -101,3 +101,18 @@ def test_sampling_tiny(tmp_path, one_thread):
         ok = [r["steps"] for r in runs if r["fid"] <= ref["fid"] * (1 + res["tolerance_rel"])]
         assert (m is None) == (not ok) and (m is None or m["steps"] == min(ok))
     assert res["matched"]["DDIM"]["steps"] <= 4  # the reference itself qualifies
+
+
+def test_precision_tiny(tmp_path, one_thread):
+    "bench_precision in its tiny mode: a run per precision, the loss curve, FID and time, and a verdict for bf16."
+    import bench_precision
+    out = tmp_path / "prec.json"
+    res = bench_precision.main(["--tiny", "--out", str(out)])
+    assert json.loads(out.read_text())["settings"]["tiny"]
+    assert [r["precision"] for r in res["runs"]] == ["fp32", "bf16"]
+    for r in res["runs"]:
+        assert r["loss_curve"] and all(v > 0 for v in r["loss_curve"]) and r["fid"] > 0 and r["train_s"] > 0
+    v = res["verdict"]["bf16"]
+    assert v["fid"]["fp32_range"][0] == v["fid"]["fp32_range"][1] == res["runs"][0]["fid"]  # one fp32 seed
+    assert isinstance(v["final_loss"]["within"], bool) and isinstance(v["fid"]["no_worse"], bool)
+    assert len(v["fid"]["paired_minus_fp32"]) == 1 and v["train_time_ratio"] > 0

@@ -257,7 +257,7 @@ def test_3d_networks_export(one_thread, name):
 
 _SCRIPTED = ["DiffusionModelUNet-gm", "DiffusionModelUNet-monai", "DiffusionModelUNet-cond", "ControlNet",
              "AutoencoderKL-gm", "AutoencoderKL-monai", "VQVAE-gm", "VQVAE-monai", "SPADEDiffusionModelUNet",
-             "SPADEAutoencoderKL", "DiffusionModelUNet-3d", "AutoencoderKL-3d"]
+             "SPADEAutoencoderKL", "DiffusionModelUNet-3d", "AutoencoderKL-3d", "DecoderOnlyTransformer"]
 
 
 def _scripting_case(ident: str):
@@ -324,3 +324,21 @@ def test_scripted_spade_norm_needs_its_label_map(one_thread):
     assert torch.allclose(scripted(x, seg), norm(x, seg), atol=1e-6)
     with pytest.raises(TypeError, match="seg"): norm(x, None)
     with pytest.raises(Exception, match="seg"): scripted(x, None)
+
+
+def test_scripted_transformer_without_cross_attention_and_its_cache(one_thread):
+    """The autoregressive transformer scripts with and without cross-attention (whole sequences: the same logits);
+    a key/value cache made in Python would reach TorchScript as a copy and lose its updates, so it is refused."""
+    import warnings
+    import medgen
+    from helpers import randomize
+    net = randomize(medgen.DecoderOnlyTransformer(num_tokens=7, max_seq_len=8, attn_layers_dim=8, attn_layers_depth=2,
+                                                  attn_layers_heads=2), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(net)
+    x = torch.randint(0, 7, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5) and net(x).abs().max() > 1e-3
+        with pytest.raises((RuntimeError, torch.jit.Error), match="incremental decoding runs in eager mode"):
+            scripted(x[:, :4], None, net.init_cache())
