@@ -5,7 +5,8 @@ Shapes: head dim 32/64/128 at sequence lengths 64..4096 (heads * head dim = 64, 
 attention levels of bench_peers' UNets (64 channels, 32 per head: 2D 64^2 and 128^2, 3D 32^3 and 48^3). Exactness:
 max abs difference of each path's output and gradients from a float64 reference. Time: median of interleaved rounds
 (paths rotating), each round timing enough calls to last >= --min-s. A path whose score matrix would not fit
-(--max-gib) is skipped and says so. This is the table a per-shape choice of path is made from.
+(--max-gib) is skipped and says so. This is the table a per-shape choice of path is made from. Then the q/k/v
+projections: three Linear layers, one fused Linear(C, 3C), or the three weights concatenated at run time.
 
     python bench/bench_attention.py                  # -> bench/results/attention_cpu.json, and a table
     python bench/bench_attention.py --tiny --out /tmp/a.json
@@ -134,6 +135,49 @@ def measure(s: dict, rounds: int, min_s: float, max_gib: float) -> dict:
     return out
 
 
+def measure_projections(L: int, C: int, rounds: int, min_s: float, seed: int = 0) -> dict:
+    """The q/k/v projections of a self-attention layer on (1, L, C) tokens, three ways: three Linear(C, C) (medgen's and
+    GM's layout), one Linear(C, 3C) (MONAI's `use_combined_linear`), and the three weights concatenated at run time into
+    one matrix product (what medgen could do without changing its checkpoints). Forward and forward+backward times."""
+    g = torch.Generator().manual_seed(seed)
+    w, b = (torch.randn(3 * C, C, generator=g) * C ** -0.5), torch.randn(3 * C, generator=g) * 0.1
+    x = torch.randn(1, L, C, generator=g)
+    sep = [torch.nn.Linear(C, C) for _ in range(3)]
+    fused = torch.nn.Linear(C, 3 * C)
+    with torch.no_grad():
+        for i, lin in enumerate(sep): lin.weight.copy_(w[i * C:(i + 1) * C]); lin.bias.copy_(b[i * C:(i + 1) * C])
+        fused.weight.copy_(w); fused.bias.copy_(b)
+    paths = {"three_linears": lambda t: [lin(t) for lin in sep],
+             "one_linear_3c": lambda t: fused(t).chunk(3, -1),
+             "concat_at_run_time": lambda t: torch.nn.functional.linear(
+                 t, torch.cat([lin.weight for lin in sep]), torch.cat([lin.bias for lin in sep])).chunk(3, -1)}
+    with torch.no_grad():
+        ref = paths["three_linears"](x)
+        exact = {n: max((a - r).abs().max().item() for a, r in zip(f(x), ref)) for n, f in paths.items()}
+    xg = x.clone().requires_grad_()
+
+    def timers(f):
+        def fwd():
+            with torch.no_grad(): f(x)
+
+        def fwdbwd():
+            sum(o.sum() for o in f(xg)).backward()
+            xg.grad = None
+        return _timer(fwd, min_s), _timer(fwdbwd, min_s)
+    tm = {n: timers(f) for n, f in paths.items()}
+    times = {n: ([], []) for n in tm}
+    names = list(tm)
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            times[n][0].append(tm[n][0]()); times[n][1].append(tm[n][1]())
+    out = {"L": L, "C": C, "max_abs_diff_vs_three_linears": exact, "paths": {}}
+    for n, (tf, tb) in times.items(): out["paths"][n] = {"fwd_s": summary(tf), "fwdbwd_s": summary(tb)}
+    for key in ("fwd_s", "fwdbwd_s"):
+        base = out["paths"]["three_linears"][key]["median"]
+        out[f"{key[:-2]}_time_vs_three_linears"] = {n: p[key]["median"] / base for n, p in out["paths"].items()}
+    return out
+
+
 def table(rows: list[dict]) -> str:
     "A short text table: per shape, forward and forward+backward milliseconds of each path, and the fastest."
     names = list(PATHS)
@@ -174,6 +218,13 @@ def main(argv=None) -> dict:
         print(f"{s['label']:26s} d={s['d']:3d} L={s['L']:5d}: fastest fwd {r['fastest_fwd']}, "
               f"fwd+bwd {r['fastest_fwdbwd']}", flush=True)
         write_json(out, dict(res, partial=True))  # a stopped run keeps the shapes it measured
+    # the q/k/v projections at the token counts of the UNets' attention levels (64 channels; tiny: 16)
+    res["projections"] = [measure_projections(L, 16 if a.tiny else 64, rounds, min_s)
+                          for L in ((16, 64) if a.tiny else (256, 512, 1024, 1728, 4096, 13824))]
+    for p in res["projections"]:
+        print(f"q/k/v projections L={p['L']:5d} C={p['C']}: time vs three Linears, fwd "
+              + ", ".join(f"{n} {v:.2f}" for n, v in p["fwd_time_vs_three_linears"].items()) + "; fwd+bwd "
+              + ", ".join(f"{n} {v:.2f}" for n, v in p["fwdbwd_time_vs_three_linears"].items()), flush=True)
     res["partial"], res["table"] = False, table(res["shapes"])
     res["loadavg_at_end"] = list(os.getloadavg())
     res["wall_s"] = time.time() - t0

@@ -45,6 +45,11 @@ def test_attention_tiny(tmp_path, one_thread):
             assert p["exactness_vs_fp64"]["out_max_abs_diff"] < 1e-5 and p["exactness_vs_fp64"]["grad_max_abs_diff"] < 1e-5
             assert p["fwd_s"]["median"] > 0 and p["fwdbwd_s"]["median"] > 0
         assert r["fastest_fwd"] in r["paths"] and r["fastest_fwdbwd"] in r["paths"]
+    assert [p["L"] for p in res["projections"]] == [16, 64]
+    for p in res["projections"]:  # the three ways of projecting q, k, v compute the same
+        assert set(p["paths"]) == {"three_linears", "one_linear_3c", "concat_at_run_time"}
+        assert max(p["max_abs_diff_vs_three_linears"].values()) < 1e-5
+        assert p["fwd_time_vs_three_linears"]["three_linears"] == 1.0
 
 
 def test_peers_tiny(tmp_path, one_thread):
