@@ -91,6 +91,15 @@ def _timer(fn, min_s: float):
     return run
 
 
+def _rotate(timers: dict, rounds: int) -> dict[str, tuple[list, list]]:
+    "Interleaved rounds of (forward, forward+backward) timers, the order rotating each round: name -> (fwd, fwdbwd) times."
+    times, names = {n: ([], []) for n in timers}, list(timers)
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            times[n][0].append(timers[n][0]()); times[n][1].append(timers[n][1]())
+    return times
+
+
 def measure(s: dict, rounds: int, min_s: float, max_gib: float) -> dict:
     "Exactness and interleaved forward / forward+backward times of every path on shape `s`."
     score_gib = s["batch"] * s["heads"] * s["L"] ** 2 * 4 / 2**30
@@ -118,12 +127,7 @@ def measure(s: dict, rounds: int, min_s: float, max_gib: float) -> dict:
             qg.grad = kg.grad = vg.grad = None
         timers[name] = (_timer(fwd, min_s), _timer(fwdbwd, min_s))
         out["paths"][name] = {"exactness_vs_fp64": ex}
-    times = {n: ([], []) for n in timers}
-    names = list(timers)
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n][0].append(timers[n][0]()); times[n][1].append(timers[n][1]())
-    for n, (tf, tb) in times.items():
+    for n, (tf, tb) in _rotate(timers, rounds).items():
         out["paths"][n].update(fwd_s=summary(tf), fwdbwd_s=summary(tb))
     for key in ("fwd_s", "fwdbwd_s"):
         timed = {n: p[key]["median"] for n, p in out["paths"].items() if key in p}
@@ -164,14 +168,9 @@ def measure_projections(L: int, C: int, rounds: int, min_s: float, seed: int = 0
             sum(o.sum() for o in f(xg)).backward()
             xg.grad = None
         return _timer(fwd, min_s), _timer(fwdbwd, min_s)
-    tm = {n: timers(f) for n, f in paths.items()}
-    times = {n: ([], []) for n in tm}
-    names = list(tm)
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n][0].append(tm[n][0]()); times[n][1].append(tm[n][1]())
     out = {"L": L, "C": C, "max_abs_diff_vs_three_linears": exact, "paths": {}}
-    for n, (tf, tb) in times.items(): out["paths"][n] = {"fwd_s": summary(tf), "fwdbwd_s": summary(tb)}
+    for n, (tf, tb) in _rotate({n: timers(f) for n, f in paths.items()}, rounds).items():
+        out["paths"][n] = {"fwd_s": summary(tf), "fwdbwd_s": summary(tb)}
     for key in ("fwd_s", "fwdbwd_s"):
         base = out["paths"]["three_linears"][key]["median"]
         out[f"{key[:-2]}_time_vs_three_linears"] = {n: p[key]["median"] / base for n, p in out["paths"].items()}

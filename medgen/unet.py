@@ -119,7 +119,7 @@ class UNetUpsample(nn.Module):
             if prefix + f"conv.conv.{p}" in state_dict: state_dict[prefix + f"postconv.conv.{p}"] = state_dict.pop(prefix + f"conv.conv.{p}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-# %% ../nbs/13_diffusion_unet.ipynb #4e4dfa95
+# %% ../nbs/13_diffusion_unet.ipynb #cfd3c4c9
 def _run(module: nn.Module, *args, use_checkpointing: bool = False) -> Tensor:
     "Call `module`, through activation checkpointing when asked and gradients are being recorded."
     if use_checkpointing and torch.is_grad_enabled(): return checkpoint(module, *args, use_reentrant=False)
@@ -137,22 +137,20 @@ def _set_checkpointing(blocks: Sequence[nn.Module], on: bool) -> None:
 class _UNetLevel(nn.Module):
     "Shared by encoder and decoder levels: residual blocks, each followed by its attention (or the identity)."
     def __init__(self, resnets: Sequence[nn.Module], attentions: Sequence[nn.Module] = (),
-                 cross_attention: bool = False, use_checkpointing: bool = False) -> None:
+                 use_checkpointing: bool = False) -> None:
         super().__init__()
         if attentions and len(attentions) != len(resnets):
             raise ValueError(f"attentions: got {len(attentions)} for {len(resnets)} resnets; expected one per resnet or none")
         self.resnets = nn.ModuleList(resnets)
         self.attentions = nn.ModuleList(attentions or [_NoAttention() for _ in resnets])
-        self.cross_attention = cross_attention
         _set_checkpointing([*resnets, *attentions], use_checkpointing)
 
-# %% ../nbs/13_diffusion_unet.ipynb #77af0d4e
+# %% ../nbs/13_diffusion_unet.ipynb #c6fd8f75
 class UNetDownBlock(_UNetLevel):
     "Encoder level: residual blocks (+ attention), then an optional 2x downsampler; returns h and the skips it keeps."
     def __init__(self, resnets: Sequence[nn.Module], attentions: Sequence[nn.Module] = (),
-                 downsampler: nn.Module | None = None, cross_attention: bool = False,
-                 use_checkpointing: bool = False) -> None:
-        super().__init__(resnets, attentions, cross_attention, use_checkpointing)
+                 downsampler: nn.Module | None = None, use_checkpointing: bool = False) -> None:
+        super().__init__(resnets, attentions, use_checkpointing)
         self.downsampler = downsampler
 
     def forward(self, h: Tensor, emb: Tensor, context: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -168,9 +166,8 @@ class UNetDownBlock(_UNetLevel):
 class UNetUpBlock(_UNetLevel):
     "Decoder level: residual blocks on [h, skip] (+ attention), then an optional 2x upsampler."
     def __init__(self, resnets: Sequence[nn.Module], attentions: Sequence[nn.Module] = (),
-                 upsampler: nn.Module | None = None, cross_attention: bool = False,
-                 use_checkpointing: bool = False) -> None:
-        super().__init__(resnets, attentions, cross_attention, use_checkpointing)
+                 upsampler: nn.Module | None = None, use_checkpointing: bool = False) -> None:
+        super().__init__(resnets, attentions, use_checkpointing)
         self.upsampler = upsampler
 
     def forward(self, h: Tensor, skips: list[Tensor],  # this level's skips, used last to first
@@ -182,14 +179,13 @@ class UNetUpBlock(_UNetLevel):
             h = attention(resnet(torch.cat([h, skips[-i]], dim=1), emb, seg), context)
         return h if self.upsampler is None else self.upsampler(h, emb)
 
-# %% ../nbs/13_diffusion_unet.ipynb #5cd8feb7
+# %% ../nbs/13_diffusion_unet.ipynb #9144242c
 class UNetMidBlock(nn.Module):
     "Lowest resolution: residual block, attention, residual block."
     def __init__(self, resnet_1: nn.Module, attention: nn.Module, resnet_2: nn.Module,
-                 cross_attention: bool = False, use_checkpointing: bool = False) -> None:
+                 use_checkpointing: bool = False) -> None:
         super().__init__()
         self.resnet_1, self.attention, self.resnet_2 = resnet_1, attention, resnet_2
-        self.cross_attention = cross_attention
         _set_checkpointing([resnet_1, attention, resnet_2], use_checkpointing)
 
     def forward(self, h: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:
@@ -292,7 +288,7 @@ def _attention(c: _UNetConfig, ch: int, head_channels: int) -> nn.Module:
     return SpatialAttentionBlock(c.spatial_dims, ch, head_channels, c.norm_num_groups, c.norm_eps,
                                  include_fc=c.include_fc, use_combined_linear=c.use_combined_linear)
 
-# %% ../nbs/13_diffusion_unet.ipynb #89f4d716
+# %% ../nbs/13_diffusion_unet.ipynb #9455b21d
 def _down_blocks(c: _UNetConfig, downsample_last: bool = False) -> nn.ModuleList:
     "Encoder levels, high to low resolution; the last level halves the resolution only when `downsample_last`."
     blocks, cin = [], c.num_channels[0]
@@ -302,16 +298,16 @@ def _down_blocks(c: _UNetConfig, downsample_last: bool = False) -> nn.ModuleList
         down = None
         if i < len(c.num_channels) - 1 or downsample_last:
             down = _resnet(c, ch, ch, down=True) if c.resblock_updown else UNetDownsample(c.spatial_dims, ch)
-        blocks.append(UNetDownBlock(resnets, attentions, down, c.with_conditioning, c.use_checkpointing))
+        blocks.append(UNetDownBlock(resnets, attentions, down, c.use_checkpointing))
         cin = ch
     return nn.ModuleList(blocks)
 
 def _mid_block(c: _UNetConfig) -> UNetMidBlock:
     ch = c.num_channels[-1]
     return UNetMidBlock(_resnet(c, ch, ch), _attention(c, ch, c.num_head_channels[-1]), _resnet(c, ch, ch),
-                        c.with_conditioning, c.use_checkpointing)
+                        c.use_checkpointing)
 
-# %% ../nbs/13_diffusion_unet.ipynb #38eb3b7c
+# %% ../nbs/13_diffusion_unet.ipynb #15cc42c1
 def _up_blocks(c: _UNetConfig, norm: Callable[[int], nn.Module] | None = None) -> nn.ModuleList:
     "Decoder levels, low to high resolution; resnet j of a level sees [h, skip] channels; `norm` for their resnets."
     chs, levels = c.num_channels[::-1], len(c.num_channels)
@@ -324,7 +320,7 @@ def _up_blocks(c: _UNetConfig, norm: Callable[[int], nn.Module] | None = None) -
         up = None
         if i < levels - 1:
             up = _resnet(c, ch, ch, up=True) if c.resblock_updown else UNetUpsample(c.spatial_dims, ch)
-        blocks.append(UNetUpBlock(resnets, attentions, up, c.with_conditioning, c.use_checkpointing))
+        blocks.append(UNetUpBlock(resnets, attentions, up, c.use_checkpointing))
         prev = ch
     return nn.ModuleList(blocks)
 
