@@ -10,7 +10,15 @@ and log-variance), so it runs at the matched configuration with its own seeded i
 Timing: see _common.py (round-robin, paired per-round ratios, median and quartiles), for each torch thread count.
 Peak memory: growth of the resident set during one run, in a fresh spawned process per candidate and case.
 
+With `--defaults`, the train cases also time medgen as users run it: `medgen_auto`, the `Trainer`'s default precision
+("auto": bf16 autocast where the hardware computes bfloat16 natively, else fp32), and in 3D `medgen_auto_ckpt`, the
+same with gradient checkpointing. MONAI has no trainer: its users' default is its network in fp32 (here with flash
+attention, its fastest documented setting). The issue's goals "as users run it" (train <= 0.75x, 3D peak memory
+<= 0.6x) are measured on those lines.
+
     python bench/bench_peers.py --budget 900          # -> bench/results/peers_cpu.json (about 20 min on 2 cores)
+    python bench/bench_peers.py --defaults --cases unet_train_2d_64 unet_train_2d_128 unet_train_3d_32 \
+        unet_train_3d_48 kl_train_2d_64 --out bench/results/peers_defaults_cpu.json
     python bench/bench_peers.py --tiny --out /tmp/p.json   # seconds: tiny models, one round, for tests
 """
 from __future__ import annotations
@@ -30,12 +38,14 @@ from _common import RESULTS, fmt_ratio, interleaved, machine, n_params, peak_rss
 from bench_unet import build as build_unet  # noqa: E402  (medgen/MONAI UNet with MONAI's seeded weights)
 
 from medgen import DiffusionModelUNet  # noqa: E402
+from medgen.training import _autocast, _resolve_precision  # noqa: E402  (exactly what the Trainer does per step)
 
 PEERS = ("monai_flash", "diffusers")
 # goals of issue 12 at equal precision (fp32): medgen / MONAI-best train or sample time
 GOALS = {"unet_train_2d_128": 0.85, "unet_train_3d_48": 0.85, "unet_train_2d_64": 0.95, "unet_train_3d_32": 0.95,
          "kl_train_2d_64": 0.95, "kl_encode_2d_64": 0.95, "kl_decode_2d_64": 0.95, "ddim50_2d_64": 0.85}
 MEMORY_GOAL_3D = 0.6  # peak memory medgen / MONAI-best in 3D (the issue's goal is with medgen's defaults)
+USER_TRAIN_GOAL = 0.75  # train time, medgen as users run it (the Trainer's default precision) / MONAI-best
 
 
 def unet_cfg(spatial_dims: int, tiny: bool) -> dict:
@@ -69,13 +79,21 @@ def cases(tiny: bool) -> dict[str, dict]:
     }
 
 
-def candidates(case: dict, with_diffusers: bool) -> list[str]:
+def candidates(case: dict, with_diffusers: bool, defaults: bool = False) -> list[str]:
     """medgen, its copy, MONAI (flash); diffusers for 2D UNets and the KL autoencoder; for 3D UNet training also medgen
-    with gradient checkpointing (`medgen_ckpt`: MONAI's and GM's UNets have none), for its memory and its time cost."""
+    with gradient checkpointing (`medgen_ckpt`: MONAI's and GM's UNets have none), for its memory and its time cost.
+    `defaults`: train cases add `medgen_auto` (the Trainer's default precision), 3D UNets `medgen_auto_ckpt` too."""
     out = ["medgen", "medgen_copy", "monai_flash"]
     if with_diffusers and case["net"]["spatial_dims"] == 2: out.append("diffusers")
-    if case["kind"] == "unet_train" and case["net"]["spatial_dims"] == 3: out.append("medgen_ckpt")
+    unet3d = case["kind"] == "unet_train" and case["net"]["spatial_dims"] == 3
+    if unet3d: out.append("medgen_ckpt")
+    if defaults and case["kind"].endswith("train"): out += ["medgen_auto"] + (["medgen_auto_ckpt"] if unet3d else [])
     return out
+
+
+def precision_of(cand: str) -> str:
+    "The TrainConfig precision a candidate trains with: medgen_auto*: 'auto' (the Trainer's default), else fp32."
+    return "auto" if cand.startswith("medgen_auto") else "fp32"
 
 
 # --- diffusers at the same configuration -------------------------------------------------------------------------
@@ -136,7 +154,7 @@ def build_kl(impl: str, cfg: dict, seed: int = 0) -> torch.nn.Module:
 
 def build_net(cand: str, case: dict) -> torch.nn.Module:
     "The network of candidate `cand` for `case` (medgen_copy: an independent second medgen model, same weights)."
-    impl = "medgen" if cand in ("medgen_copy", "medgen_ckpt") else cand
+    impl = "medgen" if cand.startswith("medgen") else cand
     if case["kind"].startswith("kl"):
         return diffusers_kl(case["net"]) if impl == "diffusers" else build_kl(impl, case["net"])
     flash = dict(case["net"], use_flash_attention=True)
@@ -144,7 +162,7 @@ def build_net(cand: str, case: dict) -> torch.nn.Module:
         d = diffusers_unet(case["net"])
         d.load_state_dict(monai_unet_to_diffusers(build_unet("monai", flash, "cpu").state_dict()))
         return d
-    if cand != "medgen_ckpt": return build_unet("medgen" if impl == "medgen" else "monai", flash, "cpu")
+    if not cand.endswith("_ckpt"): return build_unet("medgen" if impl == "medgen" else "monai", flash, "cpu")
     ours = DiffusionModelUNet(**flash, use_checkpointing=True)
     ours.load_state_dict(build_unet("monai", flash, "cpu").state_dict())  # MONAI's seeded weights, as the others
     return ours
@@ -202,9 +220,12 @@ def make_task(cand: str, case: dict, seed: int = 1):
                 kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2 * sigma.clamp_min(1e-8).log() - 1).mean()
                 return torch.nn.functional.mse_loss(dec(z), x) + 1e-6 * kl
 
-        def step():
+        cpu, precision = torch.device("cpu"), precision_of(cand)
+
+        def step():  # as the Trainer: the forward and the loss under its autocast, the backward outside it
             opt.zero_grad(set_to_none=True)
-            loss_fn().backward()
+            with _autocast(cpu, precision): loss = loss_fn()
+            loss.backward()
             opt.step()
         return step
     net.eval()
@@ -282,7 +303,7 @@ def time_all(todo: dict, res: dict, threads: list[int], repeats: int | None, war
             if th != threads[0]: n = max(min_repeats, min(n, int(max(left, 0) / round_s[name]) - w))
         times = interleaved(fns[name], n, w)
         round_s[name] = _round_s(times)
-        r = {"times_s": {c: summary(v) for c, v in times.items()},
+        r = {"times_s": {c: summary(v) for c, v in times.items()}, "times_raw_s": times,
              "ratios": {f"medgen/{c}": ratio(times["medgen"], times[c]) for c in times if c != "medgen"},
              "rounds": n, "warmup_rounds": w, "loadavg": list(os.getloadavg())}
         entry["threads"][str(th)] = r
@@ -319,19 +340,38 @@ def goals(results: dict) -> dict:
             out[f"{name}@{th}t"] = {"goal": goal, "ratio": rr["median"], "q1": rr["q1"], "q3": rr["q3"],
                                     "noise": r["ratios"]["medgen/medgen_copy"], "met": rr["median"] <= goal,
                                     "met_beyond_noise": rr["q3"] <= goal}
+    for name, c in results["cases"].items():  # as users run it: the Trainer's default precision (--defaults)
+        for th, r in c["threads"].items():
+            rr = r.get("ratios", {}).get("medgen/medgen_auto")
+            if rr is None: continue
+            au = ratio_of(r, "medgen_auto", "monai_flash")
+            out[f"{name}@{th}t:as_users_run_it"] = {
+                "goal": USER_TRAIN_GOAL, "ratio": au["median"], "q1": au["q1"], "q3": au["q3"],
+                "noise": r["ratios"]["medgen/medgen_copy"], "met": au["median"] <= USER_TRAIN_GOAL,
+                "met_beyond_noise": au["q3"] <= USER_TRAIN_GOAL,
+                "note": f"medgen_auto ({results['settings'].get('auto_precision')}) / monai_flash (fp32)"}
     for name, c in results["cases"].items():
         m = c.get("memory_ratios", {}).get("medgen/monai_flash")
         if name.startswith("unet_train_3d") and m is not None:
             out[f"{name}:memory"] = {"goal": MEMORY_GOAL_3D, "ratio": m, "met": m <= MEMORY_GOAL_3D,
                                      "note": "fp32, both at their fp32 settings; the issue's goal is with medgen's defaults"}
         mem = c.get("memory", {})
-        if name.startswith("unet_train_3d") and "medgen_ckpt" in mem and "monai_flash" in mem:
-            ck, mo = mem["medgen_ckpt"]["peak_bytes"], mem["monai_flash"]["peak_bytes"]
+        notes = {"medgen_ckpt": "medgen with use_checkpointing=True against MONAI (flash), which has no checkpointing",
+                 "medgen_auto": "medgen at the Trainer's default precision against MONAI (flash) in fp32",
+                 "medgen_auto_ckpt": "the Trainer's default precision and use_checkpointing=True against MONAI (flash)"}
+        for cand, note in notes.items():
+            if not (name.startswith("unet_train_3d") and cand in mem and "monai_flash" in mem): continue
+            ck, mo = mem[cand]["peak_bytes"], mem["monai_flash"]["peak_bytes"]
             if ck and mo:
-                out[f"{name}:memory_checkpointed"] = {
-                    "goal": MEMORY_GOAL_3D, "ratio": ck / mo, "met": ck / mo <= MEMORY_GOAL_3D,
-                    "note": "medgen with use_checkpointing=True against MONAI (flash), which has no checkpointing"}
+                key = {"medgen_ckpt": "checkpointed"}.get(cand, cand)
+                out[f"{name}:memory_{key}"] = {"goal": MEMORY_GOAL_3D, "ratio": ck / mo, "met": ck / mo <= MEMORY_GOAL_3D,
+                                                "note": note}
     return out
+
+
+def ratio_of(r: dict, a: str, b: str) -> dict:
+    "The paired per-round ratio a/b from one thread count's stored times (rounds are paired by position)."
+    return ratio(r["times_raw_s"][a], r["times_raw_s"][b])
 
 
 def main(argv=None) -> dict:
@@ -348,6 +388,8 @@ def main(argv=None) -> dict:
                     help="peak memory cases: all, the train/sampling cases (default), none")
     ap.add_argument("--memory-from", type=Path, default=None,
                     help="take the memory figures from this earlier output (peak RSS does not depend on the load)")
+    ap.add_argument("--defaults", action="store_true",
+                    help="train cases also as users run them: medgen at the Trainer's default precision")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     t_start = time.time()
@@ -359,17 +401,19 @@ def main(argv=None) -> dict:
     repeats = a.repeats or (1 if a.tiny and a.budget is None else None)
     budget = a.budget or 900.0
     todo = {k: v for k, v in cases(a.tiny).items() if not a.cases or k in a.cases}
-    res = {"benchmark": "medgen vs MONAI core (use_flash_attention=True) vs diffusers, fp32, one process",
+    res = {"benchmark": "medgen vs MONAI core (use_flash_attention=True) vs diffusers, fp32, one process"
+                        + ("; train cases also medgen at the Trainer's default precision (medgen_auto*)" if a.defaults else ""),
            "machine": machine("cpu"),
            "settings": {"tiny": a.tiny, "repeats": repeats or f"from a {budget:.0f} s budget (3..15 per case)",
                         "warmup": a.warmup, "threads": a.threads, "dtype": "float32", "diffusers": with_diff,
                         "memory": a.memory if not a.memory_from else f"from {a.memory_from.name}",
                         "ratio": "median of per-round paired ratios medgen_i / peer_i, [q1, q3] their quartiles",
                         "noise": "medgen/medgen_copy: the same model twice; its spread is what noise alone gives",
-                        "goals_meaningful": not a.tiny},
+                        "goals_meaningful": not a.tiny, "defaults": a.defaults,
+                        "auto_precision": _resolve_precision(torch.device("cpu"), "auto")},
            "cases": {}}
     for name, case in todo.items():
-        cands = candidates(case, with_diff)
+        cands = candidates(case, with_diff, a.defaults)
         entry = {"config": dict(case), "candidates": cands, "threads": {},
                  "params": {c: n_params(build_net(c, case)) for c in cands if c != "medgen_copy"}}
         entry["weights"] = {"monai_flash": "same as medgen (MONAI's seeded init, loaded into medgen)"}

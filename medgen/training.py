@@ -394,7 +394,7 @@ class _ModelView(Mapping):
     def __iter__(self): return iter(self.models)
     def __len__(self) -> int: return len(self.models)
 
-# %% ../nbs/60_training.ipynb #6e07500a
+# %% ../nbs/60_training.ipynb #f594f64b
 def _check_int(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -405,7 +405,7 @@ class TrainConfig:
     max_steps: int = 1000             # optimiser steps
     batch_size: int = 8               # per process and micro-batch
     accumulate: int = 1               # micro-batches per optimiser step
-    precision: str = "fp32"           # "fp32", "bf16" (autocast), "fp16" (+ gradient scaler), "auto" (by hardware)
+    precision: str = "auto"           # "auto" (bf16 / fp16 / fp32 by hardware), "fp32", "bf16", "fp16" (+ scaler)
     clip_grad_norm: float | None = None   # max global gradient norm per optimiser
     warmup_steps: int = 0             # linear learning-rate warm-up
     lr_schedule: str = "constant"     # after the warm-up: "constant" or "cosine"
@@ -490,14 +490,15 @@ class Trainer:
         "The EMA of model `name` (for sampling), or the model itself when it has no EMA."
         return self.emas[name].module if name in self.emas else self.models[name]
 
-# %% ../nbs/60_training.ipynb #f85ea900
+# %% ../nbs/60_training.ipynb #e2e9336a
 def _init_optimisation(self: Trainer) -> None:
     "Schedules, gradient scalers, the parameter lists and the step generator."
     c = self.config
     lam = functools.partial(lr_multiplier, warmup_steps=c.warmup_steps, total_steps=c.max_steps,
                             schedule=c.lr_schedule, min_lr_ratio=c.min_lr_ratio)
     self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lam) for n, o in self.optimizers.items()}
-    self.scalers = {n: s for n in self.optimizers if (s := _grad_scaler(self.device, c.precision)) is not None}
+    self.precision = _resolve_precision(self.device, c.precision)  # what "auto" means on this device
+    self.scalers = {n: s for n in self.optimizers if (s := _grad_scaler(self.device, self.precision)) is not None}
     self._params = {n: [p for g in o.param_groups for p in g["params"] if p.requires_grad]
                     for n, o in self.optimizers.items()}
     self.generator = torch.Generator(self.device).manual_seed(c.seed + 1_000_003 * self.rank)
@@ -547,14 +548,14 @@ def _batches(self: Trainer) -> Iterator:
 
 Trainer._batches = _batches
 
-# %% ../nbs/60_training.ipynb #0b363fec
+# %% ../nbs/60_training.ipynb #c5735ef6
 def _run_phases(self: Trainer, batch, last: bool) -> dict[str, float]:
     "Run the step's phases on one micro-batch: forward, check, backward, and at the last one the updates."
     gen = iter(self.step_fn(self.view, batch, StepContext(self.generator, self.step, self.device)))
     out = {}
     for phase in self.phases:
         self.view.phase = phase
-        with _autocast(self.device, self.config.precision): got = next(gen, None)
+        with _autocast(self.device, self.precision): got = next(gen, None)
         if got is None or got[0] != phase:
             raise RuntimeError(f"the step must yield the phases {self.phases} in order; expected {phase!r}, "
                                f"got {'nothing' if got is None else repr(got[0])}")
@@ -604,7 +605,7 @@ def _train_step(self: Trainer, batches: Iterator) -> dict[str, float]:
             for k, v in _run_phases(self, batch, last).items(): totals[k] = totals.get(k, 0.0) + v / n
     return totals
 
-# %% ../nbs/60_training.ipynb #85e8c20a
+# %% ../nbs/60_training.ipynb #b9293035
 def _state_dict(self: Trainer) -> dict:
     "Everything needed to continue the run (a collective call under DDP)."
     rng = rng_state(self.generator)
@@ -613,7 +614,7 @@ def _state_dict(self: Trainer) -> dict:
         dist.all_gather_object(gathered, rng)
         rng = gathered
     else: rng = [rng]
-    return {"step": self.step, "config": asdict(self.config), "world_size": self.world_size,
+    return {"step": self.step, "config": asdict(self.config), "precision": self.precision, "world_size": self.world_size,
             "data": dict(self.data_pos), "rng": rng,
             "models": {n: self.models[n].state_dict() for n in self.optimizers},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
@@ -642,7 +643,7 @@ def _save(self: Trainer) -> Path:
 
 Trainer.save = _save
 
-# %% ../nbs/60_training.ipynb #c7011097
+# %% ../nbs/60_training.ipynb #40cca905
 _RESUME_SAFE = {"max_steps", "checkpoint_every", "keep_last", "log_every", "progress", "tensorboard", "num_workers"}
 
 def _load_state_dict(self: Trainer, state: dict) -> None:
@@ -651,6 +652,9 @@ def _load_state_dict(self: Trainer, state: dict) -> None:
         raise CheckpointError(f"the checkpoint has no state for the trained models {sorted(missing)}")
     changed = [k for k, v in state["config"].items() if k not in _RESUME_SAFE and getattr(self.config, k, v) != v]
     if changed: warnings.warn(f"resuming with a different {changed}: the run will not be bit-identical", stacklevel=3)
+    elif (saved := state.get("precision", self.precision)) != self.precision:  # "auto" on other hardware
+        warnings.warn(f"resuming a run trained in {saved} in {self.precision} (precision='auto' on other hardware): "
+                      "the run will not be bit-identical", stacklevel=3)
     for n in self.optimizers:
         self.models[n].load_state_dict(state["models"][n])
         self.optimizers[n].load_state_dict(state["optimizers"][n])

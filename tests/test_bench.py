@@ -55,7 +55,7 @@ def test_attention_tiny(tmp_path, one_thread):
 def test_peers_tiny(tmp_path, one_thread):
     import bench_peers
     out = tmp_path / "p.json"
-    bench_peers.main(["--tiny", "--threads", "1", "--memory", "none", "--out", str(out),
+    bench_peers.main(["--tiny", "--threads", "1", "--memory", "none", "--out", str(out), "--defaults",
                       "--cases", "unet_train_2d_64", "unet_train_3d_32", "kl_decode_2d_64", "ddim50_2d_64"])
     res = json.loads(out.read_text())
     assert res["machine"]["versions"]["monai"] == "1.6.1" and not res["settings"]["goals_meaningful"]
@@ -70,7 +70,35 @@ def test_peers_tiny(tmp_path, one_thread):
     assert "medgen_ckpt" in c3["candidates"] and c3["params"]["medgen_ckpt"] == c3["params"]["medgen"]
     assert c3["threads"]["1"]["ratios"]["medgen/medgen_ckpt"]["median"] > 0
     assert "medgen_ckpt" not in res["cases"]["unet_train_2d_64"]["candidates"]
-    assert set(res["goals"]) == {f"{n}@1t" for n in res["cases"]}
+    # --defaults: the train cases also run as users run them (the Trainer's default precision), 3D also checkpointed
+    assert res["settings"]["auto_precision"] in ("bf16", "fp32")
+    for name, c in res["cases"].items():
+        train = c["config"]["kind"].endswith("train")
+        assert ("medgen_auto" in c["candidates"]) == train
+        assert ("medgen_auto_ckpt" in c["candidates"]) == (name == "unet_train_3d_32")
+    train_cases = [n for n, c in res["cases"].items() if c["config"]["kind"].endswith("train")]
+    assert set(res["goals"]) == {f"{n}@1t" for n in res["cases"]} | {f"{n}@1t:as_users_run_it" for n in train_cases}
+    g = res["goals"]["unet_train_2d_64@1t:as_users_run_it"]
+    raw = res["cases"]["unet_train_2d_64"]["threads"]["1"]["times_raw_s"]  # one round: the ratio of the two times
+    assert g["goal"] == 0.75 and abs(g["ratio"] - raw["medgen_auto"][0] / raw["monai_flash"][0]) < 1e-12
+
+
+def test_peers_auto_candidate_trains_in_the_trainers_precision(monkeypatch, one_thread):
+    "medgen_auto's step runs under the Trainer's autocast for 'auto'; the fp32 candidates without it."
+    import torch
+
+    import bench_peers
+    from medgen.training import _resolve_precision
+    assert bench_peers.precision_of("medgen_auto") == bench_peers.precision_of("medgen_auto_ckpt") == "auto"
+    assert {bench_peers.precision_of(c) for c in ("medgen", "medgen_copy", "medgen_ckpt", "monai_flash")} == {"fp32"}
+    case, build, seen = bench_peers.cases(tiny=True)["unet_train_2d_64"], bench_peers.build_net, {}
+    for cand in ("medgen", "medgen_auto"):
+        net = build(cand, case)
+        net.conv_in.register_forward_hook(lambda m, i, o, cand=cand: seen.update({cand: o.dtype}) and None)
+        monkeypatch.setattr(bench_peers, "build_net", lambda c, k, net=net: net)  # make_task builds this network
+        bench_peers.make_task(cand, case)()
+    auto = torch.bfloat16 if _resolve_precision(torch.device("cpu"), "auto") == "bf16" else torch.float32
+    assert seen == {"medgen": torch.float32, "medgen_auto": auto}
 
 
 def test_gpu_check_dry_run(tmp_path, one_thread):
