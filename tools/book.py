@@ -186,7 +186,9 @@ def drop_injected_parameters(nb_path: Path) -> bool:
 def execute(notebooks: list[Path], out: Path | None, inplace: bool, profile: str, jobs: int, timeout: int) -> int:
     "Run notebooks top to bottom in fresh kernels; write executed copies to `out` (or back in place)."
     if not inplace: out.mkdir(parents=True, exist_ok=True)
-    if jobs > 1: os.environ.setdefault("OMP_NUM_THREADS", "1")  # parallel kernels: one torch thread each
+    # smoke: one torch thread per kernel, however many run at once (as `make demo` and CI), so the outputs written back
+    # do not depend on --jobs (a notebook's numbers can change with the thread count); OMP_NUM_THREADS overrides it
+    if profile == "smoke" or jobs > 1: os.environ.setdefault("OMP_NUM_THREADS", "1")
     work = [(str(nb), str(nb if inplace else out / nb.name), profile, timeout) for nb in notebooks]
     failed = 0
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
