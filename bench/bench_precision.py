@@ -29,12 +29,18 @@ UNET = dict(spatial_dims=2, in_channels=1, out_channels=1, num_channels=(16, 32,
             attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=16, norm_num_groups=8)
 
 
-def train_and_measure(precision: str, seed: int, steps: int, n_samples: int, block: int, tiny: bool) -> dict:
-    "One run: train with `precision` from `seed`, then sample and score; the loss curve in blocks of `block` steps."
-    from medgen import DDIMScheduler, DDPMScheduler, DiffusionInferer, DiffusionModelUNet, SliceDataset, TrainConfig
-    from medgen.experiments import fid_extractor, generation_metrics, train_diffusion
+def training_slices(tiny: bool) -> torch.Tensor:
+    "The axial MNI152 T1 slices in [-1, 1] (32x32; tiny 16x16), loaded once for all runs."
+    from medgen import SliceDataset
     slices = SliceDataset(sources=("mni152_t1",), size=16 if tiny else 32, split="train")
-    x = torch.stack([slices[i]["image"] for i in range(len(slices))]) * 2 - 1
+    return torch.stack([slices[i]["image"] for i in range(len(slices))]) * 2 - 1
+
+
+def train_and_measure(x: torch.Tensor, extractor, precision: str, seed: int, steps: int, n_samples: int, block: int,
+                      tiny: bool) -> dict:
+    "One run on slices `x`: train with `precision` from `seed`, sample and score; the loss curve in blocks of `block` steps."
+    from medgen import DDIMScheduler, DDPMScheduler, DiffusionInferer, DiffusionModelUNet, TrainConfig
+    from medgen.experiments import generation_metrics, train_diffusion
     data = [{"image": im} for im in torch.cat([x, x.flip(-1)])]
     torch.manual_seed(seed)
     unet = DiffusionModelUNet(**UNET)
@@ -54,7 +60,7 @@ def train_and_measure(precision: str, seed: int, steps: int, n_samples: int, blo
     with torch.no_grad():
         drawn = DiffusionInferer(ddim).sample(input_noise=noise, diffusion_model=ema, verbose=False)
     sample_s = time.time() - t0
-    m = generation_metrics((drawn.clamp(-1, 1) + 1) / 2, (x + 1) / 2, fid_extractor(2),
+    m = generation_metrics((drawn.clamp(-1, 1) + 1) / 2, (x + 1) / 2, extractor,
                            generator=torch.Generator().manual_seed(0), num_pairs=200)
     curve = [statistics.fmean(losses[i:i + block]) for i in range(0, len(losses), block)]
     return {"precision": precision, "seed": seed, "loss_curve": [round(v, 5) for v in curve],
@@ -102,10 +108,11 @@ def main(argv=None) -> dict:
     seeds = a.seeds or ([0] if a.tiny else [0, 1, 2])
     steps, n = a.steps or (4 if a.tiny else 600), a.samples or (8 if a.tiny else 64)
     block = max(1, steps // 12)
-    t_start, runs = time.time(), []
+    from medgen.experiments import fid_extractor
+    t_start, runs, x, extractor = time.time(), [], training_slices(a.tiny), fid_extractor(2)  # once for all runs
     for seed in seeds:  # interleaved: each seed in every precision before the next seed
         for p in a.precisions:
-            r = train_and_measure(p, seed, steps, n, block, a.tiny)
+            r = train_and_measure(x, extractor, p, seed, steps, n, block, a.tiny)
             runs.append(r)
             print(f"{p:5s} seed {seed}: final loss {r['final_loss']:.4f}  FID {r['fid']:.1f}  "
                   f"train {r['train_s']:.0f} s", flush=True)
