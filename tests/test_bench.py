@@ -112,6 +112,39 @@ def test_gpu_check_dry_run(tmp_path, one_thread):
     s = res["parts"]["ldm3d_sample"]
     assert s["unet_flops_per_step"] > 0 and s["decode_s"] > 0 and s["medgen_ddim3"]["steps"] == 3
     assert "skipped" in res["parts"]["cascade_sr"] or res["parts"]["cascade_sr"]["finite"]
+    assert s["medgen_ddim3_plus_decode_s"] == pytest.approx(s["medgen_ddim3"]["s"] + s["decode_s"])
+    p = res["parts"]["peers_train_2d"]  # interleaved: every candidate timed every round, ratios paired
+    assert {len(v) for v in p["round_s"].values()} == {2} and p["medgen_vs_monai_flash"]["n"] == 2
+    assert p["medgen_vs_monai_flash"]["median"] > 0 and p["noise_medgen_vs_copy"]["median"] > 0
+    f = res["parts"]["forward_launches"]  # on a CPU: no device kernels, but the aten ops and host time are there
+    assert all(f[i]["device_kernels"] == 0 and f[i]["aten_ops"] > 100 and f[i]["host_ms_per_forward"] > 0
+               for i in ("medgen", "monai_flash"))
+
+
+def test_gpu_check_parts_are_checked(tmp_path, one_thread):
+    import gpu_check
+    with pytest.raises(SystemExit, match="unknown \\['nope'\\]"):
+        gpu_check.main(["--dry-run", "--parts", "nope", "--out", str(tmp_path / "g.json")])
+    res = gpu_check.main(["--dry-run", "--parts", "cascade_sr", "--out", str(tmp_path / "g.json")])
+    assert list(res["parts"]) == ["cascade_sr"] and res["settings"]["parts"] == ["cascade_sr"]
+
+
+def test_gpu_results_are_what_chapter_13_says():
+    "The committed H200 run (bench/results/gpu_nvidia_h200.json) against the numbers chapter 13 and 70 quote."
+    res = json.loads((ROOT / "bench/results/gpu_nvidia_h200.json").read_text())
+    p = res["parts"]
+    assert res["machine"]["gpu"] == "NVIDIA H200" and not res["errors"]
+    ratios = {k: round(p[k]["medgen_vs_monai_flash"]["median"], 2) for k in p if k.startswith("peers_train")}
+    assert ratios == {"peers_train_2d128_bf16": 0.97, "peers_train_2d128_fp32": 0.99,
+                      "peers_train_3d_bundle_bf16": 0.95, "peers_train_3d_bundle_fp32": 1.05}
+    for k in ("mfu_unet2d", "mfu_unet3d_bundle"):  # MFU is FLOPs / time / peak
+        assert p[k]["mfu"] == pytest.approx(p[k]["flops_per_step"] / p[k]["step_s"] / 989e12)
+    assert (round(p["mfu_unet2d"]["mfu"], 2), round(p["mfu_unet3d_bundle"]["mfu"], 3)) == (0.22, 0.057)
+    s = p["ldm3d_sample"]
+    assert (round(s["medgen_ddim200_plus_decode_s"], 1), round(s["medgen_ddim200_graph_plus_decode_s"], 2),
+            round(s["medgen_dpmpp20_graph_plus_decode_s"], 2)) == (8.0, 1.76, 0.31)
+    f = p["forward_launches"]
+    assert (f["medgen"]["device_kernels"], round(f["medgen"]["device_busy_ms"], 1), round(f["medgen"]["host_ms_per_forward"], 1)) == (717, 7.2, 37.5)
 
 
 def test_peak_flops_table():
